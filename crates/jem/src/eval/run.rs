@@ -1,0 +1,85 @@
+//! A trained run opened for evaluation: its config, weights and (when saved) replay buffer.
+
+use std::path::{Path, PathBuf};
+
+use crate::Result;
+use crate::buffer::ReplayBuffer;
+use crate::checkpoint::{self, CheckpointError, RunState, files};
+use crate::config::TrainConfig;
+use crate::data::Split;
+use crate::model::Classifier;
+use burn::prelude::Device;
+
+/// A run directory loaded for evaluation.
+pub struct Run {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its resolved config.
+    pub config: TrainConfig,
+    /// Counters at the last checkpoint.
+    pub state: RunState,
+    /// The model, on an autodiff device (input gradients are available).
+    pub model: Classifier,
+    shape: [usize; 3],
+    num_classes: usize,
+}
+
+impl Run {
+    /// Open `dir`'s last checkpoint on `device`.
+    pub fn open(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join(files::CONFIG);
+        if !cfg_path.exists() {
+            return Err(CheckpointError::NotARun {
+                dir: dir.to_path_buf(),
+                file: files::CONFIG,
+            }
+            .into());
+        }
+        let config = TrainConfig::from_file(&cfg_path)?;
+        let state = checkpoint::load_state(dir)?;
+        let kind = config.data.dataset;
+        let shape = kind.shape();
+        let num_classes = kind.num_classes();
+        let device = device.clone().autodiff();
+        let model = config.model.init(shape[0], num_classes, &device);
+        let model = checkpoint::load_model(model, &dir.join(files::MODEL), Some(state.step))?;
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config,
+            state,
+            model,
+            shape,
+            num_classes,
+        })
+    }
+
+    /// Image shape `[c, h, w]`.
+    pub fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// The saved replay buffer (`None` for a run that does not sample).
+    pub fn buffer(&self) -> Result<Option<ReplayBuffer>> {
+        let path = self.dir.join(files::BUFFER);
+        if !self.config.loss.needs_sampling() || !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(ReplayBuffer::load(
+            &path,
+            self.state.step,
+            &self.config.buffer,
+            self.shape,
+            self.num_classes,
+        )?))
+    }
+
+    /// The run's test or validation data.
+    pub fn data(&self, split: Split) -> Result<crate::data::Dataset> {
+        crate::train::load_eval_split(&self.config, split)
+    }
+}

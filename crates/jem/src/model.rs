@@ -1,0 +1,349 @@
+//! Classifiers whose logits define the energy: the CPU benchmark CNN and a Wide-ResNet.
+//!
+//! Both use LeakyReLU(0.2) (smooth enough gradients for SGLD) and no normalisation by default,
+//! as in the JEM paper; the Wide-ResNet can add batch or group norm and dropout.
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, GroupNorm, GroupNormConfig, Linear,
+    LinearConfig, PaddingConfig2d,
+};
+use burn::module::{ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::activation::leaky_relu;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+/// Negative slope of every LeakyReLU.
+pub const LEAKY_SLOPE: f64 = 0.2;
+
+/// Normalisation inside Wide-ResNet blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormKind {
+    /// None (the JEM default: normalisation interferes with SGLD).
+    #[default]
+    None,
+    /// Batch normalisation.
+    Batch,
+    /// Group normalisation with 16 channels per group (at most 32 groups).
+    Group,
+}
+
+/// Which network, and its size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "kebab-case")]
+pub enum ModelConfig {
+    /// conv3x3 in->w0 (stride 1), then conv3x3 stride 2 for each further width, LeakyReLU,
+    /// global average pool, linear to the classes. The benchmark model is widths
+    /// `[32, 64, 128, 128]`.
+    Cnn {
+        /// Channel widths of the convolutions.
+        widths: Vec<usize>,
+    },
+    /// Wide-ResNet WRN-depth-widen (Zagoruyko & Komodakis), pre-activation blocks.
+    Wrn {
+        /// Depth, `6n + 4`.
+        depth: usize,
+        /// Widen factor.
+        widen: usize,
+        /// Normalisation in the blocks.
+        #[serde(default)]
+        norm: NormKind,
+        /// Dropout probability between the two convolutions of a block.
+        #[serde(default)]
+        dropout: f64,
+    },
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig::Cnn {
+            widths: vec![32, 64, 128, 128],
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Check the sizes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            ModelConfig::Cnn { widths } => {
+                if widths.is_empty() || widths.contains(&0) {
+                    return Err(ConfigError::field(
+                        "model.widths",
+                        format!("{widths:?}: needs at least one width, all positive"),
+                    ));
+                }
+            }
+            ModelConfig::Wrn {
+                depth,
+                widen,
+                dropout,
+                ..
+            } => {
+                if *depth < 10 || (depth - 4) % 6 != 0 {
+                    return Err(ConfigError::field(
+                        "model.depth",
+                        format!("{depth}: a Wide-ResNet depth is 6n + 4 with n >= 1 (10, 16, 22, 28, ...)"),
+                    ));
+                }
+                if *widen == 0 {
+                    return Err(ConfigError::field("model.widen", "must be at least 1"));
+                }
+                if !(0.0..1.0).contains(dropout) {
+                    return Err(ConfigError::field(
+                        "model.dropout",
+                        format!("{dropout}: must be in [0, 1)"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Build the network for images with `in_channels` channels and `num_classes` outputs.
+    pub fn init(&self, in_channels: usize, num_classes: usize, device: &Device) -> Classifier {
+        let model = match self {
+            ModelConfig::Cnn { widths } => {
+                Classifier::Cnn(Cnn::new(in_channels, widths, num_classes, device))
+            }
+            ModelConfig::Wrn {
+                depth,
+                widen,
+                norm,
+                dropout,
+            } => Classifier::Wrn(Wrn::new(
+                in_channels,
+                *depth,
+                *widen,
+                *norm,
+                *dropout,
+                num_classes,
+                device,
+            )),
+        };
+        materialize(&model);
+        model
+    }
+}
+
+/// Initialise every parameter now. burn initialises parameters lazily and a clone shares the
+/// pending initialiser, so without this a frozen clone (`no_grad`, as SGLD uses) made before
+/// the first forward would initialise the original's parameters without gradients too.
+fn materialize(model: &Classifier) {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Touch);
+}
+
+fn conv3(cin: usize, cout: usize, stride: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [3, 3])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(device)
+}
+
+/// Global average pool.
+///
+/// # Shapes
+/// `[b, c, h, w] -> [b, c]`
+fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
+    let [b, c, _, _] = x.dims();
+    x.mean_dim(3).mean_dim(2).reshape([b, c]) // [b, c]
+}
+
+/// The plain strided CNN (the CPU benchmark model with the default widths).
+#[derive(Module, Debug)]
+pub struct Cnn {
+    convs: Vec<Conv2d>,
+    head: Linear,
+}
+
+impl Cnn {
+    fn new(in_channels: usize, widths: &[usize], num_classes: usize, device: &Device) -> Self {
+        let mut convs = Vec::with_capacity(widths.len());
+        let mut cin = in_channels;
+        for (i, &w) in widths.iter().enumerate() {
+            convs.push(conv3(cin, w, if i == 0 { 1 } else { 2 }, device));
+            cin = w;
+        }
+        Cnn {
+            convs,
+            head: LinearConfig::new(cin, num_classes).init(device),
+        }
+    }
+
+    /// Penultimate features.
+    ///
+    /// # Shapes
+    /// `[b, c, h, w] -> [b, widths.last()]`
+    pub fn features(&self, mut x: Tensor<4>) -> Tensor<2> {
+        for conv in &self.convs {
+            x = leaky_relu(conv.forward(x), LEAKY_SLOPE); // [b, w_i, h_i, w_i]
+        }
+        global_avg_pool(x) // [b, w_last]
+    }
+}
+
+/// Batch or group normalisation.
+#[derive(Module, Debug)]
+pub enum NormLayer {
+    /// Batch normalisation.
+    Batch(BatchNorm),
+    /// Group normalisation.
+    Group(GroupNorm),
+}
+
+impl NormLayer {
+    fn new(kind: NormKind, channels: usize, device: &Device) -> Option<Self> {
+        match kind {
+            NormKind::None => None,
+            NormKind::Batch => Some(NormLayer::Batch(BatchNormConfig::new(channels).init(device))),
+            NormKind::Group => {
+                let groups = (channels / 16).clamp(1, 32);
+                Some(NormLayer::Group(GroupNormConfig::new(groups, channels).init(device)))
+            }
+        }
+    }
+
+    fn forward(norm: &Option<NormLayer>, x: Tensor<4>) -> Tensor<4> {
+        match norm {
+            None => x,
+            Some(NormLayer::Batch(n)) => n.forward(x),
+            Some(NormLayer::Group(n)) => n.forward(x),
+        }
+    }
+}
+
+/// A pre-activation wide residual block.
+#[derive(Module, Debug)]
+pub struct WideBlock {
+    norm1: Option<NormLayer>,
+    conv1: Conv2d,
+    norm2: Option<NormLayer>,
+    dropout: Dropout,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+impl WideBlock {
+    fn new(cin: usize, cout: usize, stride: usize, norm: NormKind, p: f64, device: &Device) -> Self {
+        let shortcut = (cin != cout || stride != 1).then(|| {
+            Conv2dConfig::new([cin, cout], [1, 1])
+                .with_stride([stride, stride])
+                .init(device)
+        });
+        WideBlock {
+            norm1: NormLayer::new(norm, cin, device),
+            conv1: conv3(cin, cout, stride, device),
+            norm2: NormLayer::new(norm, cout, device),
+            dropout: DropoutConfig::new(p).init(),
+            conv2: conv3(cout, cout, 1, device),
+            shortcut,
+        }
+    }
+
+    /// # Shapes
+    /// `[b, cin, h, w] -> [b, cout, h / stride, w / stride]`
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let o = leaky_relu(NormLayer::forward(&self.norm1, x.clone()), LEAKY_SLOPE); // [b, cin, h, w]
+        let y = self.conv1.forward(o.clone()); // [b, cout, h', w']
+        let y = leaky_relu(NormLayer::forward(&self.norm2, y), LEAKY_SLOPE);
+        let y = self.conv2.forward(self.dropout.forward(y)); // [b, cout, h', w']
+        match &self.shortcut {
+            Some(s) => y + s.forward(o), // [b, cout, h', w']
+            None => y + x,
+        }
+    }
+}
+
+/// Wide-ResNet for 28x28 and 32x32 inputs (any size works: the head pools globally).
+#[derive(Module, Debug)]
+pub struct Wrn {
+    stem: Conv2d,
+    blocks: Vec<WideBlock>,
+    norm: Option<NormLayer>,
+    head: Linear,
+}
+
+impl Wrn {
+    fn new(
+        in_channels: usize,
+        depth: usize,
+        widen: usize,
+        norm: NormKind,
+        dropout: f64,
+        num_classes: usize,
+        device: &Device,
+    ) -> Self {
+        let n = (depth - 4) / 6;
+        let widths = [16 * widen, 32 * widen, 64 * widen];
+        let mut blocks = Vec::with_capacity(3 * n);
+        let mut cin = 16;
+        for (g, &w) in widths.iter().enumerate() {
+            for i in 0..n {
+                let stride = if i == 0 && g > 0 { 2 } else { 1 };
+                blocks.push(WideBlock::new(cin, w, stride, norm, dropout, device));
+                cin = w;
+            }
+        }
+        Wrn {
+            stem: conv3(in_channels, 16, 1, device),
+            blocks,
+            norm: NormLayer::new(norm, cin, device),
+            head: LinearConfig::new(cin, num_classes).init(device),
+        }
+    }
+
+    /// Penultimate features.
+    ///
+    /// # Shapes
+    /// `[b, c, h, w] -> [b, 64 * widen]`
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = self.stem.forward(x); // [b, 16, h, w]
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        let x = leaky_relu(NormLayer::forward(&self.norm, x), LEAKY_SLOPE); // [b, 64k, h/4, w/4]
+        global_avg_pool(x) // [b, 64k]
+    }
+}
+
+/// A classifier `f`; its logits are the negative class energies of the JEM.
+#[derive(Module, Debug)]
+pub enum Classifier {
+    /// The strided CNN.
+    Cnn(Cnn),
+    /// The Wide-ResNet.
+    Wrn(Wrn),
+}
+
+impl Classifier {
+    /// Logits `f(x)`.
+    ///
+    /// # Shapes
+    /// `[b, c, h, w] -> [b, classes]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        match self {
+            Classifier::Cnn(m) => m.head.forward(m.features(x)), // [b, classes]
+            Classifier::Wrn(m) => m.head.forward(m.features(x)), // [b, classes]
+        }
+    }
+
+    /// Penultimate activations (the feature space used for FID-style comparisons).
+    ///
+    /// # Shapes
+    /// `[b, c, h, w] -> [b, features]`
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        match self {
+            Classifier::Cnn(m) => m.features(x),
+            Classifier::Wrn(m) => m.features(x),
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! The training loop: one hand-written JEM iteration (draw chains from the buffer, run SGLD,
+//! write them back, one forward/backward on data and samples, one optimiser step), metrics,
+//! validation, divergence stop and atomic checkpoints that resume exactly.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::buffer::ReplayBuffer;
+use crate::checkpoint::{
+    self, CheckpointError, FORMAT_VERSION, RunState, files, params_finite, save_model,
+};
+use crate::config::{ConfigError, TrainConfig};
+use crate::data::{Batch, BatchSampler, Dataset, Split, load_split};
+use crate::energy::{Target, one_hot};
+use crate::eval::accuracy::accuracy;
+use crate::loss::{LossConfig, loss};
+use crate::model::Classifier;
+use crate::optim::Optimizer;
+use crate::rng::Rng;
+use crate::sgld::sgld;
+use crate::{Error, Result};
+
+/// A loss beyond this magnitude stops the run as diverged.
+pub const LOSS_LIMIT: f64 = 1e8;
+
+/// What one step measured (a line of `metrics.jsonl`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Steps completed, this one included.
+    pub step: u64,
+    /// Epoch of this step (0-based).
+    pub epoch: u64,
+    /// The objective.
+    pub loss: f64,
+    /// Cross-entropy on the data batch.
+    pub ce: f64,
+    /// `mean(lse(f(x_data)))`: minus the mean energy of the data.
+    pub lse_data: f64,
+    /// `mean(lse(f(x_sample)))`: minus the mean energy of the samples.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lse_sample: Option<f64>,
+    /// Accuracy on the data batch.
+    pub acc: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Mean input-gradient norm at the last SGLD step.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sgld_grad_norm: Option<f64>,
+    /// Chains restarted from noise.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub n_reinit: Option<usize>,
+    /// Wall-clock milliseconds of the step.
+    pub ms: f64,
+}
+
+/// A validation line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalLine {
+    /// Always `"valid"`.
+    pub event: String,
+    /// Steps completed.
+    pub step: u64,
+    /// Epochs completed.
+    pub epoch: u64,
+    /// Validation accuracy.
+    pub valid_acc: f64,
+    /// Validation NLL.
+    pub valid_nll: f64,
+}
+
+/// Hooks for progress display; every method has an empty default.
+pub trait Observer {
+    /// Training starts at `start` of `total` steps.
+    fn on_start(&mut self, _start: u64, _total: u64) {}
+    /// A step finished.
+    fn on_step(&mut self, _m: &StepMetrics) {}
+    /// A validation pass finished.
+    fn on_eval(&mut self, _e: &EvalLine) {}
+    /// A checkpoint was written.
+    fn on_checkpoint(&mut self, _step: u64) {}
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Steps completed.
+    pub step: u64,
+    /// The last step's metrics, if any step ran in this call.
+    pub last: Option<StepMetrics>,
+    /// The last validation, if any.
+    pub valid: Option<EvalLine>,
+}
+
+/// Scalars of one iteration, before the optimiser step is taken.
+struct Measured {
+    metrics: StepMetrics,
+}
+
+/// One JEM (or softmax) training iteration on `batch`: returns the updated model and the
+/// step's metrics, or the divergence it detected (in which case no update was applied).
+#[allow(clippy::too_many_arguments)]
+pub fn iteration(
+    cfg: &TrainConfig,
+    model: Classifier,
+    optim: &mut Optimizer,
+    buffer: Option<&mut ReplayBuffer>,
+    batch: &Batch,
+    shape: [usize; 3],
+    num_classes: usize,
+    lr: f64,
+    rng: &mut Rng,
+    device: &Device,
+) -> std::result::Result<(Classifier, StepMetrics), (Classifier, String, f64)> {
+    let t0 = Instant::now();
+    let b = batch.labels.len();
+    let [c, h, w] = shape;
+    let x_data = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), device); // [b, c, h, w]
+    let data_oh = one_hot(&batch.labels, num_classes, device); // [b, k]
+    let LossConfig {
+        px_weight,
+        pxy_weight,
+        ..
+    } = cfg.loss;
+    let mut inputs = vec![x_data];
+    let mut px_rows = 0;
+    let mut pxy_oh = None;
+    let mut grad_norm = None;
+    let mut n_reinit = None;
+    if let (true, Some(buffer)) = (cfg.loss.needs_sampling(), buffer) {
+        let inner = device.clone().inner();
+        let mut chains = |labels: Option<&[usize]>, buffer: &mut ReplayBuffer| {
+            let draw = buffer.draw(b, labels, cfg.buffer.reinit_freq, rng);
+            let start = Tensor::<4>::from_data(TensorData::new(draw.start.clone(), [b, c, h, w]), &inner);
+            let (target, ys) = match (&draw.labels, labels) {
+                (Some(ys), _) => (Target::Joint(one_hot(ys, num_classes, &inner)), Some(ys.clone())),
+                (None, Some(ys)) => (Target::Joint(one_hot(ys, num_classes, &inner)), Some(ys.to_vec())),
+                (None, None) => (Target::Marginal, None),
+            };
+            let out = sgld(&model, start, &target, &cfg.sgld, rng);
+            let values: Vec<f32> = out.samples.to_data().try_to_vec::<f32>().expect("samples are f32");
+            buffer.store(&draw.slots, &values);
+            *n_reinit.get_or_insert(0) += draw.n_reinit;
+            grad_norm = Some(out.grad_norm as f64);
+            (out.samples, ys)
+        };
+        if px_weight > 0.0 {
+            let (s, _) = chains(None, buffer);
+            inputs.push(s.autodiff());
+            px_rows = b;
+        }
+        if pxy_weight > 0.0 {
+            let (s, _) = chains(Some(&batch.labels), buffer);
+            inputs.push(s.autodiff());
+            pxy_oh = Some(one_hot(&batch.labels, num_classes, device));
+        }
+    }
+    let x = Tensor::cat(inputs, 0); // [b + px_rows + pxy_rows, c, h, w]
+    let logits = model.forward(x); // [rows, k]
+    let data_logits = logits.clone().slice(0..b); // [b, k]
+    let px_logits = (px_rows > 0).then(|| logits.clone().slice(b..b + px_rows)); // [b, k]
+    let pxy = pxy_oh.map(|oh| (logits.clone().slice(b + px_rows..b + px_rows + b), oh));
+    let parts = loss(&cfg.loss, data_logits, data_oh, px_logits, pxy);
+    let mut scalars = vec![
+        parts.total.clone().detach(),
+        parts.ce.clone().detach(),
+        parts.lse_data.clone().detach(),
+        parts.correct.clone().detach(),
+    ];
+    if let Some(s) = &parts.lse_sample {
+        scalars.push(s.clone().detach());
+    }
+    let values: Vec<f32> = Tensor::cat(scalars, 0)
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("scalars are f32");
+    let total = values[0] as f64;
+    if !total.is_finite() || total.abs() > LOSS_LIMIT {
+        return Err((model, "loss".into(), total));
+    }
+    let grads = parts.total.backward();
+    let grads = GradientsParams::from_grads(grads, &model);
+    let model = optim.step(lr, model, grads);
+    let measured = Measured {
+        metrics: StepMetrics {
+            step: 0,
+            epoch: 0,
+            loss: total,
+            ce: values[1] as f64,
+            lse_data: values[2] as f64,
+            acc: values[3] as f64,
+            lse_sample: values.get(4).map(|&v| v as f64),
+            lr,
+            sgld_grad_norm: grad_norm,
+            n_reinit,
+            ms: t0.elapsed().as_secs_f64() * 1e3,
+        },
+    };
+    Ok((model, measured.metrics))
+}
+
+/// A training run bound to its directory.
+pub struct Trainer {
+    cfg: TrainConfig,
+    dir: PathBuf,
+    device: Device,
+    model: Classifier,
+    optim: Optimizer,
+    buffer: Option<ReplayBuffer>,
+    state: RunState,
+    train: Dataset,
+    valid: Dataset,
+    sampler: BatchSampler,
+    last_checkpoint: u64,
+}
+
+fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
+    let d = &cfg.data;
+    let all = crate::data::load_files(d.dataset, d.dir.as_deref(), false)?;
+    let (train, valid) = all.split_valid(d.n_valid, cfg.seed)?;
+    if train.len() < cfg.schedule.batch_size {
+        return Err(ConfigError::field(
+            "schedule.batch_size",
+            format!(
+                "{} is larger than the {} training images",
+                cfg.schedule.batch_size,
+                train.len()
+            ),
+        )
+        .into());
+    }
+    Ok((train, valid))
+}
+
+/// Load the test or validation split of a run's data set.
+pub fn load_eval_split(cfg: &TrainConfig, split: Split) -> Result<Dataset> {
+    let d = &cfg.data;
+    Ok(load_split(d.dataset, d.dir.as_deref(), split, d.n_valid, cfg.seed)?)
+}
+
+impl Trainer {
+    /// Start a new run in `dir` (created; it must not hold files yet).
+    pub fn create(cfg: TrainConfig, dir: &Path, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        if dir.exists()
+            && std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, e))?
+                .next()
+                .is_some()
+        {
+            return Err(CheckpointError::Exists(dir.to_path_buf()).into());
+        }
+        let (train, valid) = load_data(&cfg)?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let device = device.clone().autodiff();
+        device.seed(cfg.seed);
+        let model = cfg.model.init(train.shape[0], train.num_classes, &device);
+        let mut rng = Rng::new(cfg.seed, 1);
+        let buffer = cfg
+            .loss
+            .needs_sampling()
+            .then(|| ReplayBuffer::uniform(&cfg.buffer, train.shape, train.num_classes, &mut rng));
+        checkpoint::write_atomic(&dir.join(files::CONFIG), cfg.to_toml().as_bytes())?;
+        std::fs::File::create(dir.join(files::METRICS)).map_err(|e| Error::io(dir.join(files::METRICS), e))?;
+        let sampler = BatchSampler::new(train.len(), cfg.schedule.batch_size, cfg.seed);
+        let mut t = Trainer {
+            optim: Optimizer::new(&cfg.optim),
+            cfg,
+            dir: dir.to_path_buf(),
+            device,
+            model,
+            buffer,
+            state: RunState {
+                version: FORMAT_VERSION,
+                step: 0,
+                rng,
+                elapsed_s: 0.0,
+            },
+            train,
+            valid,
+            sampler,
+            last_checkpoint: 0,
+        };
+        t.checkpoint()?;
+        tracing::info!(dir = %t.dir.display(), "created run");
+        Ok(t)
+    }
+
+    /// Continue the run in `dir` from its last checkpoint. `adjust` may change how long it
+    /// runs and how it logs (or the optimiser and sampler settings); data, model, buffer
+    /// layout, batch size and seed are fixed for the life of a run.
+    pub fn resume(dir: &Path, device: &Device, adjust: impl FnOnce(&mut TrainConfig)) -> Result<Self> {
+        let cfg_path = dir.join(files::CONFIG);
+        if !cfg_path.exists() {
+            return Err(CheckpointError::NotARun {
+                dir: dir.to_path_buf(),
+                file: files::CONFIG,
+            }
+            .into());
+        }
+        let saved = TrainConfig::from_file(&cfg_path)?;
+        let mut cfg = saved.clone();
+        adjust(&mut cfg);
+        cfg.validate()?;
+        for (field, same) in [
+            ("data", cfg.data == saved.data),
+            ("model", cfg.model == saved.model),
+            ("buffer", cfg.buffer == saved.buffer),
+            ("loss", cfg.loss == saved.loss),
+            ("schedule.batch_size", cfg.schedule.batch_size == saved.schedule.batch_size),
+            ("seed", cfg.seed == saved.seed),
+        ] {
+            if !same {
+                return Err(ConfigError::field(field, "cannot change when resuming a run").into());
+            }
+        }
+        let state = checkpoint::load_state(dir)?;
+        let (train, valid) = load_data(&cfg)?;
+        let device = device.clone().autodiff();
+        let model = cfg.model.init(train.shape[0], train.num_classes, &device);
+        let model = checkpoint::load_model(model, &dir.join(files::MODEL), Some(state.step))?;
+        let optim = Optimizer::load(&dir.join(files::OPTIM), state.step, &cfg.optim, &device.clone().inner())?;
+        let buffer = if cfg.loss.needs_sampling() {
+            Some(ReplayBuffer::load(
+                &dir.join(files::BUFFER),
+                state.step,
+                &cfg.buffer,
+                train.shape,
+                train.num_classes,
+            )?)
+        } else {
+            None
+        };
+        truncate_metrics(&dir.join(files::METRICS), state.step)?;
+        if cfg != saved {
+            checkpoint::write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
+        }
+        let sampler = BatchSampler::new(train.len(), cfg.schedule.batch_size, cfg.seed);
+        tracing::info!(dir = %dir.display(), step = state.step, "resuming run");
+        Ok(Trainer {
+            last_checkpoint: state.step,
+            cfg,
+            dir: dir.to_path_buf(),
+            device,
+            model,
+            optim,
+            buffer,
+            state,
+            train,
+            valid,
+            sampler,
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The current model.
+    pub fn model(&self) -> &Classifier {
+        &self.model
+    }
+
+    /// Steps completed.
+    pub fn step(&self) -> u64 {
+        self.state.step
+    }
+
+    /// Steps per epoch.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.sampler.batches_per_epoch() as u64
+    }
+
+    /// Total steps of the run: `epochs * steps_per_epoch`, bounded by `max_steps`.
+    pub fn total_steps(&self) -> u64 {
+        let by_epochs = self.cfg.schedule.epochs * self.steps_per_epoch();
+        self.cfg.schedule.max_steps.map_or(by_epochs, |m| m.min(by_epochs))
+    }
+
+    /// Write a checkpoint of the current state (model, optimiser, buffer, then `state.json`).
+    pub fn checkpoint(&mut self) -> Result<()> {
+        let step = self.state.step;
+        if !params_finite(&self.model) {
+            return Err(Error::Diverged {
+                step,
+                what: "model parameters".into(),
+                value: f64::NAN,
+                last_checkpoint: self.last_checkpoint,
+                run_dir: self.dir.clone(),
+            });
+        }
+        save_model(&self.model, &self.dir.join(files::MODEL), step)?;
+        self.optim.save(&self.dir.join(files::OPTIM), step)?;
+        if let Some(b) = &self.buffer {
+            b.save(&self.dir.join(files::BUFFER), step)?;
+        }
+        checkpoint::save_state(&self.dir, &self.state)?;
+        self.last_checkpoint = step;
+        Ok(())
+    }
+
+    /// Train until [`Trainer::total_steps`], checkpointing on the way.
+    pub fn run(&mut self, obs: &mut dyn Observer) -> Result<Summary> {
+        let total = self.total_steps();
+        let per_epoch = self.steps_per_epoch();
+        obs.on_start(self.state.step, total);
+        let metrics_path = self.dir.join(files::METRICS);
+        let mut metrics = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&metrics_path)
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        let mut summary = Summary {
+            step: self.state.step,
+            last: None,
+            valid: None,
+        };
+        let shape = self.train.shape;
+        let num_classes = self.train.num_classes;
+        while self.state.step < total {
+            let t0 = Instant::now();
+            let step = self.state.step;
+            // Burn's own generator (dropout masks) is re-seeded from (seed, step), so that it
+            // too is a function of the step and a resumed run draws the same masks.
+            self.device
+                .seed(self.cfg.seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let (indices, epoch) = self.sampler.indices(step);
+            let batch = self.train.batch(indices, &self.cfg.data.augment, &mut self.state.rng);
+            let lr = self.cfg.optim.lr_at(step, epoch);
+            let model = self.model.clone();
+            let out = iteration(
+                &self.cfg,
+                model,
+                &mut self.optim,
+                self.buffer.as_mut(),
+                &batch,
+                shape,
+                num_classes,
+                lr,
+                &mut self.state.rng,
+                &self.device,
+            );
+            let mut m = match out {
+                Ok((model, m)) => {
+                    self.model = model;
+                    m
+                }
+                Err((_, what, value)) => {
+                    return Err(Error::Diverged {
+                        step: step + 1,
+                        what,
+                        value,
+                        last_checkpoint: self.last_checkpoint,
+                        run_dir: self.dir.clone(),
+                    });
+                }
+            };
+            self.state.step += 1;
+            self.state.elapsed_s += t0.elapsed().as_secs_f64();
+            m.step = self.state.step;
+            m.epoch = epoch;
+            let end_of_epoch = self.state.step % per_epoch == 0;
+            let last = self.state.step == total;
+            if self.state.step % self.cfg.schedule.log_every == 0 || last {
+                write_line(&mut metrics, &metrics_path, &m)?;
+            }
+            obs.on_step(&m);
+            summary.last = Some(m);
+            if end_of_epoch && self.cfg.schedule.eval_valid && !self.valid.is_empty() {
+                let r = accuracy(&self.model, &self.valid, 256, None, &mut Rng::new(self.cfg.seed, 2))?;
+                let e = EvalLine {
+                    event: "valid".into(),
+                    step: self.state.step,
+                    epoch: epoch + 1,
+                    valid_acc: r.accuracy,
+                    valid_nll: r.nll,
+                };
+                write_line(&mut metrics, &metrics_path, &e)?;
+                obs.on_eval(&e);
+                summary.valid = Some(e);
+            }
+            if self.state.step % self.cfg.schedule.checkpoint_every == 0 || end_of_epoch || last {
+                self.checkpoint()?;
+                obs.on_checkpoint(self.state.step);
+            }
+        }
+        summary.step = self.state.step;
+        Ok(summary)
+    }
+}
+
+fn write_line<T: Serialize>(f: &mut std::fs::File, path: &Path, v: &T) -> Result<()> {
+    let mut line = serde_json::to_string(v).expect("metrics serialise");
+    line.push('\n');
+    f.write_all(line.as_bytes()).map_err(|e| Error::io(path, e))?;
+    f.flush().map_err(|e| Error::io(path, e))
+}
+
+/// Drop the lines of `metrics.jsonl` logged after `step` (they belong to work a resumed run
+/// repeats), keeping the file atomic.
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        checkpoint::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
