@@ -20,7 +20,11 @@ use jem::train::{EvalLine, Observer, StepMetrics, Trainer};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "jem", version, about = "Joint Energy-based Models: train, evaluate, sample")]
+#[command(
+    name = "jem",
+    version,
+    about = "Joint Energy-based Models: train, evaluate, sample"
+)]
 struct Cli {
     /// Compute threads (default: all cores).
     #[arg(long, global = true)]
@@ -421,7 +425,10 @@ fn train(args: TrainArgs, device: &jem::Device) -> Result<()> {
             };
             args.apply_all(&mut cfg);
             cfg.validate()?;
-            let out = args.out.as_ref().expect("clap requires --out without --resume");
+            let out = args
+                .out
+                .as_ref()
+                .expect("clap requires --out without --resume");
             Trainer::create(cfg, out, device)?
         }
     };
@@ -475,7 +482,13 @@ fn eval_accuracy(a: AccuracyArgs, device: &jem::Device) -> Result<()> {
         p.steps = a.sgld_refine_steps;
         p
     });
-    let r = accuracy(&run.model, &data, a.batch_size, refine.as_ref(), &mut Rng::new(0, 3))?;
+    let r = accuracy(
+        &run.model,
+        &data,
+        a.batch_size,
+        refine.as_ref(),
+        &mut Rng::new(0, 3),
+    )?;
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["split"] = serde_json::json!(match split {
@@ -521,7 +534,14 @@ fn sample(a: SampleArgs, device: &jem::Device) -> Result<()> {
         Start::Buffer => 20,
         Start::Noise => 200,
     });
-    let s = draw_samples(&run, a.n, &classes, start, &params, &mut Rng::new(a.seed, 4))?;
+    let s = draw_samples(
+        &run,
+        a.n,
+        &classes,
+        start,
+        &params,
+        &mut Rng::new(a.seed, 4),
+    )?;
     jem::image::save_grid(&a.out, &s.images, s.n, run.shape(), s.cols)
         .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("wrote {} samples to {}", s.n, a.out.display());
@@ -547,7 +567,11 @@ fn bench(a: BenchArgs, device: &jem::Device, threads: usize) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     let threads = cli
         .threads
-        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok().and_then(|s| s.parse().ok()))
+        .or_else(|| {
+            std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+        })
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
         bail!("--threads must be positive");
@@ -591,4 +615,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

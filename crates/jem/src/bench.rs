@@ -57,7 +57,10 @@ pub fn run(device: &Device, sgld_reps: usize, iter_reps: usize, threads: usize) 
     for i in 0..sgld_reps + 3 {
         let t = Instant::now();
         let (g, _) = input_grad(&model, x.clone(), &Target::Marginal);
-        let _: Vec<f32> = (x.clone() + g).into_data().try_to_vec::<f32>().expect("f32");
+        let _: Vec<f32> = (x.clone() + g)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32");
         if i >= 3 {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
@@ -72,7 +75,18 @@ pub fn run(device: &Device, sgld_reps: usize, iter_reps: usize, threads: usize) 
     let mut times = Vec::new();
     for i in 0..iter_reps + 2 {
         let t = Instant::now();
-        let out = iteration(&cfg, model, &mut optim, Some(&mut buffer), &batch, shape, k, 1e-4, &mut rng, &device);
+        let out = iteration(
+            &cfg,
+            model,
+            &mut optim,
+            Some(&mut buffer),
+            &batch,
+            shape,
+            k,
+            1e-4,
+            &mut rng,
+            &device,
+        );
         model = match out {
             Ok((m, _)) | Err((m, _, _)) => m,
         };

@@ -56,7 +56,11 @@ impl BufferConfig {
                 ),
             ));
         }
-        let per_chain_pool = if self.conditional { self.size / num_classes } else { self.size };
+        let per_chain_pool = if self.conditional {
+            self.size / num_classes
+        } else {
+            self.size
+        };
         if per_chain_pool == 0 || (!self.conditional && self.size < batch_size) {
             return Err(ConfigError::field(
                 "buffer.size",
@@ -91,7 +95,12 @@ pub struct ReplayBuffer {
 
 impl ReplayBuffer {
     /// A buffer of uniform noise in `[-1, 1]`.
-    pub fn uniform(cfg: &BufferConfig, shape: [usize; 3], num_classes: usize, rng: &mut Rng) -> Self {
+    pub fn uniform(
+        cfg: &BufferConfig,
+        shape: [usize; 3],
+        num_classes: usize,
+        rng: &mut Rng,
+    ) -> Self {
         let n = shape.iter().product::<usize>();
         let mut data = vec![0.0f32; cfg.size * n];
         rng.fill_uniform(&mut data, -1.0, 1.0);

@@ -47,7 +47,9 @@ pub enum CheckpointError {
         file: &'static str,
     },
     /// The output directory already holds files.
-    #[error("{0} already exists and is not empty; continue it with `jem train --resume {0}` or choose another --out")]
+    #[error(
+        "{0} already exists and is not empty; continue it with `jem train --resume {0}` or choose another --out"
+    )]
     Exists(PathBuf),
     /// A file that cannot be parsed or does not fit the run.
     #[error("{path}: {reason}")]
@@ -86,8 +88,14 @@ impl CheckpointError {
 /// Write `bytes` to `path` atomically: a temporary file in the same directory, flushed to
 /// disk, renamed over `path`, and the directory synced.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -136,12 +144,16 @@ pub struct SafeFile {
     meta: HashMap<String, String>,
 }
 
-fn read_checked(path: &Path, step: u64) -> Result<(Vec<u8>, HashMap<String, String>), CheckpointError> {
+fn read_checked(
+    path: &Path,
+    step: u64,
+) -> Result<(Vec<u8>, HashMap<String, String>), CheckpointError> {
     let bytes = std::fs::read(path).map_err(|e| CheckpointError::io(path, e))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| CheckpointError::corrupt(path, format!("not a safetensors file: {e}")))?;
-    SafeTensors::deserialize(&bytes)
-        .map_err(|e| CheckpointError::corrupt(path, format!("truncated or corrupt safetensors: {e}")))?;
+    SafeTensors::deserialize(&bytes).map_err(|e| {
+        CheckpointError::corrupt(path, format!("truncated or corrupt safetensors: {e}"))
+    })?;
     let meta = header.metadata().clone().unwrap_or_default();
     let found = meta.get("step").and_then(|s| s.parse::<u64>().ok());
     if found != Some(step) {
@@ -239,8 +251,9 @@ pub fn load_model(
         Some(s) => read_checked(path, s)?.0,
         None => {
             let b = std::fs::read(path).map_err(|e| CheckpointError::io(path, e))?;
-            SafeTensors::deserialize(&b)
-                .map_err(|e| CheckpointError::corrupt(path, format!("not a safetensors file: {e}")))?;
+            SafeTensors::deserialize(&b).map_err(|e| {
+                CheckpointError::corrupt(path, format!("not a safetensors file: {e}"))
+            })?;
             b
         }
     };
@@ -278,7 +291,10 @@ pub fn params_finite(model: &Classifier) -> bool {
     if sums.0.is_empty() {
         return true;
     }
-    let all: Vec<f32> = Tensor::cat(sums.0, 0).into_data().try_to_vec::<f32>().unwrap_or_default();
+    let all: Vec<f32> = Tensor::cat(sums.0, 0)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
     all.iter().all(|v| v.is_finite())
 }
 
@@ -303,7 +319,10 @@ pub fn load_state(dir: &Path) -> Result<RunState, CheckpointError> {
     if state.version != FORMAT_VERSION {
         return Err(CheckpointError::corrupt(
             &path,
-            format!("run format version {}, this jem reads {FORMAT_VERSION}", state.version),
+            format!(
+                "run format version {}, this jem reads {FORMAT_VERSION}",
+                state.version
+            ),
         ));
     }
     Ok(state)

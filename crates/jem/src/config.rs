@@ -148,7 +148,10 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.schedule;
         if s.batch_size == 0 {
-            return Err(ConfigError::field("schedule.batch_size", "must be positive"));
+            return Err(ConfigError::field(
+                "schedule.batch_size",
+                "must be positive",
+            ));
         }
         if s.epochs == 0 {
             return Err(ConfigError::field("schedule.epochs", "must be positive"));
@@ -160,7 +163,10 @@ impl TrainConfig {
             return Err(ConfigError::field("schedule.log_every", "must be positive"));
         }
         if s.checkpoint_every == 0 {
-            return Err(ConfigError::field("schedule.checkpoint_every", "must be positive"));
+            return Err(ConfigError::field(
+                "schedule.checkpoint_every",
+                "must be positive",
+            ));
         }
         let a = &self.data.augment;
         if !(a.noise_std.is_finite() && a.noise_std >= 0.0) {

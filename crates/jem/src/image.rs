@@ -13,7 +13,9 @@ const GAP: usize = 2;
 pub fn grid_png(images: &[f32], n: usize, shape: [usize; 3], cols: usize) -> Result<Vec<u8>> {
     let [c, h, w] = shape;
     if c != 1 && c != 3 {
-        return Err(Error::Shape(format!("{c} channels: a PNG grid needs 1 or 3")));
+        return Err(Error::Shape(format!(
+            "{c} channels: a PNG grid needs 1 or 3"
+        )));
     }
     if images.len() != n * c * h * w || n == 0 {
         return Err(Error::Shape(format!(
@@ -58,7 +60,13 @@ pub fn grid_png(images: &[f32], n: usize, shape: [usize; 3], cols: usize) -> Res
 }
 
 /// Write a PNG grid to `path` atomically.
-pub fn save_grid(path: &Path, images: &[f32], n: usize, shape: [usize; 3], cols: usize) -> Result<()> {
+pub fn save_grid(
+    path: &Path,
+    images: &[f32],
+    n: usize,
+    shape: [usize; 3],
+    cols: usize,
+) -> Result<()> {
     let bytes = grid_png(images, n, shape, cols)?;
     Ok(write_atomic(path, &bytes)?)
 }

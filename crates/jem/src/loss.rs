@@ -56,7 +56,10 @@ impl LossConfig {
             ("loss.pxy_weight", self.pxy_weight),
         ] {
             if !(w.is_finite() && w >= 0.0) {
-                return Err(ConfigError::field(name, format!("{w}: must be non-negative and finite")));
+                return Err(ConfigError::field(
+                    name,
+                    format!("{w}: must be non-negative and finite"),
+                ));
             }
         }
         let active = match self.objective {
@@ -64,7 +67,10 @@ impl LossConfig {
             Objective::Jem => self.pyx_weight + self.px_weight + self.pxy_weight,
         };
         if active == 0.0 {
-            return Err(ConfigError::field("loss", "every weight of the objective is 0"));
+            return Err(ConfigError::field(
+                "loss",
+                "every weight of the objective is 0",
+            ));
         }
         Ok(())
     }

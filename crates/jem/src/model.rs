@@ -3,12 +3,12 @@
 //! Both use LeakyReLU(0.2) (smooth enough gradients for SGLD) and no normalisation by default,
 //! as in the JEM paper; the Wide-ResNet can add batch or group norm and dropout.
 
+use burn::module::{ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, GroupNorm, GroupNormConfig, Linear,
     LinearConfig, PaddingConfig2d,
 };
-use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::activation::leaky_relu;
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,7 @@ pub enum NormKind {
 
 /// Which network, and its size.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "arch", rename_all = "kebab-case")]
+#[serde(tag = "arch", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ModelConfig {
     /// conv3x3 in->w0 (stride 1), then conv3x3 stride 2 for each further width, LeakyReLU,
     /// global average pool, linear to the classes. The benchmark model is widths
@@ -86,7 +86,9 @@ impl ModelConfig {
                 if *depth < 10 || (depth - 4) % 6 != 0 {
                     return Err(ConfigError::field(
                         "model.depth",
-                        format!("{depth}: a Wide-ResNet depth is 6n + 4 with n >= 1 (10, 16, 22, 28, ...)"),
+                        format!(
+                            "{depth}: a Wide-ResNet depth is 6n + 4 with n >= 1 (10, 16, 22, 28, ...)"
+                        ),
                     ));
                 }
                 if *widen == 0 {
@@ -204,10 +206,14 @@ impl NormLayer {
     fn new(kind: NormKind, channels: usize, device: &Device) -> Option<Self> {
         match kind {
             NormKind::None => None,
-            NormKind::Batch => Some(NormLayer::Batch(BatchNormConfig::new(channels).init(device))),
+            NormKind::Batch => Some(NormLayer::Batch(
+                BatchNormConfig::new(channels).init(device),
+            )),
             NormKind::Group => {
                 let groups = (channels / 16).clamp(1, 32);
-                Some(NormLayer::Group(GroupNormConfig::new(groups, channels).init(device)))
+                Some(NormLayer::Group(
+                    GroupNormConfig::new(groups, channels).init(device),
+                ))
             }
         }
     }
@@ -233,7 +239,14 @@ pub struct WideBlock {
 }
 
 impl WideBlock {
-    fn new(cin: usize, cout: usize, stride: usize, norm: NormKind, p: f64, device: &Device) -> Self {
+    fn new(
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        norm: NormKind,
+        p: f64,
+        device: &Device,
+    ) -> Self {
         let shortcut = (cin != cout || stride != 1).then(|| {
             Conv2dConfig::new([cin, cout], [1, 1])
                 .with_stride([stride, stride])

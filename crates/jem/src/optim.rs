@@ -77,7 +77,10 @@ impl OptimConfig {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(ConfigError::field(name, format!("{v}: must be positive and finite")))
+                Err(ConfigError::field(
+                    name,
+                    format!("{v}: must be positive and finite"),
+                ))
             }
         };
         pos("optim.lr", self.lr)?;
@@ -200,7 +203,10 @@ impl Optimizer {
         for (kind, list) in [("first", &self.first), ("second", &self.second)] {
             for (i, t) in list.iter().enumerate() {
                 if let Some(t) = t {
-                    let v: Vec<f32> = t.to_data().try_to_vec::<f32>().expect("optimiser state is f32");
+                    let v: Vec<f32> = t
+                        .to_data()
+                        .try_to_vec::<f32>()
+                        .expect("optimiser state is f32");
                     let n = v.len();
                     owned.push((format!("{kind}.{i}"), v, vec![n]));
                 }
@@ -235,13 +241,23 @@ impl Optimizer {
             let (kind, idx) = name
                 .split_once('.')
                 .and_then(|(k, i)| Some((k.to_string(), i.parse::<usize>().ok()?)))
-                .ok_or_else(|| CheckpointError::corrupt(path, format!("unexpected tensor `{name}`")))?;
+                .ok_or_else(|| {
+                    CheckpointError::corrupt(path, format!("unexpected tensor `{name}`"))
+                })?;
             let (data, dims) = file.take(&name)?;
-            let t = Tensor::<1>::from_data(TensorData::new(data, [dims.iter().product::<usize>()]), device);
+            let t = Tensor::<1>::from_data(
+                TensorData::new(data, [dims.iter().product::<usize>()]),
+                device,
+            );
             let list = match kind.as_str() {
                 "first" => &mut opt.first,
                 "second" => &mut opt.second,
-                _ => return Err(CheckpointError::corrupt(path, format!("unexpected tensor `{name}`"))),
+                _ => {
+                    return Err(CheckpointError::corrupt(
+                        path,
+                        format!("unexpected tensor `{name}`"),
+                    ));
+                }
             };
             if list.len() <= idx {
                 list.resize(idx + 1, None);

@@ -124,7 +124,8 @@ pub fn iteration(
     let t0 = Instant::now();
     let b = batch.labels.len();
     let [c, h, w] = shape;
-    let x_data = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), device); // [b, c, h, w]
+    let x_data =
+        Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), device); // [b, c, h, w]
     let data_oh = one_hot(&batch.labels, num_classes, device); // [b, k]
     let LossConfig {
         px_weight,
@@ -140,14 +141,25 @@ pub fn iteration(
         let inner = device.clone().inner();
         let mut chains = |labels: Option<&[usize]>, buffer: &mut ReplayBuffer| {
             let draw = buffer.draw(b, labels, cfg.buffer.reinit_freq, rng);
-            let start = Tensor::<4>::from_data(TensorData::new(draw.start.clone(), [b, c, h, w]), &inner);
+            let start =
+                Tensor::<4>::from_data(TensorData::new(draw.start.clone(), [b, c, h, w]), &inner);
             let (target, ys) = match (&draw.labels, labels) {
-                (Some(ys), _) => (Target::Joint(one_hot(ys, num_classes, &inner)), Some(ys.clone())),
-                (None, Some(ys)) => (Target::Joint(one_hot(ys, num_classes, &inner)), Some(ys.to_vec())),
+                (Some(ys), _) => (
+                    Target::Joint(one_hot(ys, num_classes, &inner)),
+                    Some(ys.clone()),
+                ),
+                (None, Some(ys)) => (
+                    Target::Joint(one_hot(ys, num_classes, &inner)),
+                    Some(ys.to_vec()),
+                ),
                 (None, None) => (Target::Marginal, None),
             };
             let out = sgld(&model, start, &target, &cfg.sgld, rng);
-            let values: Vec<f32> = out.samples.to_data().try_to_vec::<f32>().expect("samples are f32");
+            let values: Vec<f32> = out
+                .samples
+                .to_data()
+                .try_to_vec::<f32>()
+                .expect("samples are f32");
             buffer.store(&draw.slots, &values);
             *n_reinit.get_or_insert(0) += draw.n_reinit;
             grad_norm = Some(out.grad_norm as f64);
@@ -244,7 +256,13 @@ fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
 /// Load the test or validation split of a run's data set.
 pub fn load_eval_split(cfg: &TrainConfig, split: Split) -> Result<Dataset> {
     let d = &cfg.data;
-    Ok(load_split(d.dataset, d.dir.as_deref(), split, d.n_valid, cfg.seed)?)
+    Ok(load_split(
+        d.dataset,
+        d.dir.as_deref(),
+        split,
+        d.n_valid,
+        cfg.seed,
+    )?)
 }
 
 impl Trainer {
@@ -270,7 +288,8 @@ impl Trainer {
             .needs_sampling()
             .then(|| ReplayBuffer::uniform(&cfg.buffer, train.shape, train.num_classes, &mut rng));
         checkpoint::write_atomic(&dir.join(files::CONFIG), cfg.to_toml().as_bytes())?;
-        std::fs::File::create(dir.join(files::METRICS)).map_err(|e| Error::io(dir.join(files::METRICS), e))?;
+        std::fs::File::create(dir.join(files::METRICS))
+            .map_err(|e| Error::io(dir.join(files::METRICS), e))?;
         let sampler = BatchSampler::new(train.len(), cfg.schedule.batch_size, cfg.seed);
         let mut t = Trainer {
             optim: Optimizer::new(&cfg.optim),
@@ -298,7 +317,11 @@ impl Trainer {
     /// Continue the run in `dir` from its last checkpoint. `adjust` may change how long it
     /// runs and how it logs (or the optimiser and sampler settings); data, model, buffer
     /// layout, batch size and seed are fixed for the life of a run.
-    pub fn resume(dir: &Path, device: &Device, adjust: impl FnOnce(&mut TrainConfig)) -> Result<Self> {
+    pub fn resume(
+        dir: &Path,
+        device: &Device,
+        adjust: impl FnOnce(&mut TrainConfig),
+    ) -> Result<Self> {
         let cfg_path = dir.join(files::CONFIG);
         if !cfg_path.exists() {
             return Err(CheckpointError::NotARun {
@@ -316,7 +339,10 @@ impl Trainer {
             ("model", cfg.model == saved.model),
             ("buffer", cfg.buffer == saved.buffer),
             ("loss", cfg.loss == saved.loss),
-            ("schedule.batch_size", cfg.schedule.batch_size == saved.schedule.batch_size),
+            (
+                "schedule.batch_size",
+                cfg.schedule.batch_size == saved.schedule.batch_size,
+            ),
             ("seed", cfg.seed == saved.seed),
         ] {
             if !same {
@@ -328,7 +354,12 @@ impl Trainer {
         let device = device.clone().autodiff();
         let model = cfg.model.init(train.shape[0], train.num_classes, &device);
         let model = checkpoint::load_model(model, &dir.join(files::MODEL), Some(state.step))?;
-        let optim = Optimizer::load(&dir.join(files::OPTIM), state.step, &cfg.optim, &device.clone().inner())?;
+        let optim = Optimizer::load(
+            &dir.join(files::OPTIM),
+            state.step,
+            &cfg.optim,
+            &device.clone().inner(),
+        )?;
         let buffer = if cfg.loss.needs_sampling() {
             Some(ReplayBuffer::load(
                 &dir.join(files::BUFFER),
@@ -384,7 +415,10 @@ impl Trainer {
     /// Total steps of the run: `epochs * steps_per_epoch`, bounded by `max_steps`.
     pub fn total_steps(&self) -> u64 {
         let by_epochs = self.cfg.schedule.epochs * self.steps_per_epoch();
-        self.cfg.schedule.max_steps.map_or(by_epochs, |m| m.min(by_epochs))
+        self.cfg
+            .schedule
+            .max_steps
+            .map_or(by_epochs, |m| m.min(by_epochs))
     }
 
     /// Write a checkpoint of the current state (model, optimiser, buffer, then `state.json`).
@@ -435,7 +469,9 @@ impl Trainer {
             self.device
                 .seed(self.cfg.seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let (indices, epoch) = self.sampler.indices(step);
-            let batch = self.train.batch(indices, &self.cfg.data.augment, &mut self.state.rng);
+            let batch = self
+                .train
+                .batch(indices, &self.cfg.data.augment, &mut self.state.rng);
             let lr = self.cfg.optim.lr_at(step, epoch);
             let model = self.model.clone();
             let out = iteration(
@@ -477,7 +513,13 @@ impl Trainer {
             obs.on_step(&m);
             summary.last = Some(m);
             if end_of_epoch && self.cfg.schedule.eval_valid && !self.valid.is_empty() {
-                let r = accuracy(&self.model, &self.valid, 256, None, &mut Rng::new(self.cfg.seed, 2))?;
+                let r = accuracy(
+                    &self.model,
+                    &self.valid,
+                    256,
+                    None,
+                    &mut Rng::new(self.cfg.seed, 2),
+                )?;
                 let e = EvalLine {
                     event: "valid".into(),
                     step: self.state.step,
@@ -502,7 +544,8 @@ impl Trainer {
 fn write_line<T: Serialize>(f: &mut std::fs::File, path: &Path, v: &T) -> Result<()> {
     let mut line = serde_json::to_string(v).expect("metrics serialise");
     line.push('\n');
-    f.write_all(line.as_bytes()).map_err(|e| Error::io(path, e))?;
+    f.write_all(line.as_bytes())
+        .map_err(|e| Error::io(path, e))?;
     f.flush().map_err(|e| Error::io(path, e))
 }
 

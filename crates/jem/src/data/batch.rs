@@ -79,7 +79,10 @@ impl BatchSampler {
         let epoch = step / per;
         let k = (step % per) as usize;
         self.set_epoch(epoch);
-        (&self.order[k * self.batch_size..(k + 1) * self.batch_size], epoch)
+        (
+            &self.order[k * self.batch_size..(k + 1) * self.batch_size],
+            epoch,
+        )
     }
 }
 

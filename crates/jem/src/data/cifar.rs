@@ -56,7 +56,10 @@ pub fn read_cifar_file(
         if label as usize >= variant.num_classes() {
             return Err(DataError::malformed(
                 path,
-                format!("label {label} of record {i} is out of range 0..{}", variant.num_classes()),
+                format!(
+                    "label {label} of record {i} is out of range 0..{}",
+                    variant.num_classes()
+                ),
             ));
         }
         labels.push(label);

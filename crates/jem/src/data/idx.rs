@@ -33,12 +33,18 @@ pub fn read_idx(bytes: &[u8], path: &Path) -> Result<Idx, DataError> {
     if bytes[2] != 0x08 {
         return Err(DataError::malformed(
             path,
-            format!("IDX element type 0x{:02x} is not unsigned byte (0x08)", bytes[2]),
+            format!(
+                "IDX element type 0x{:02x} is not unsigned byte (0x08)",
+                bytes[2]
+            ),
         ));
     }
     let ndim = bytes[3] as usize;
     if ndim == 0 || ndim > 4 {
-        return Err(DataError::malformed(path, format!("IDX with {ndim} dimensions")));
+        return Err(DataError::malformed(
+            path,
+            format!("IDX with {ndim} dimensions"),
+        ));
     }
     let header = 4 + 4 * ndim;
     if bytes.len() < header {
@@ -57,10 +63,16 @@ pub fn read_idx(bytes: &[u8], path: &Path) -> Result<Idx, DataError> {
     }
     let payload = (bytes.len() - header) as u64;
     if total != payload {
-        let what = if total > payload { "truncated" } else { "trailing bytes" };
+        let what = if total > payload {
+            "truncated"
+        } else {
+            "trailing bytes"
+        };
         return Err(DataError::malformed(
             path,
-            format!("{what}: header dimensions {dims:?} need {total} bytes of data, file has {payload}"),
+            format!(
+                "{what}: header dimensions {dims:?} need {total} bytes of data, file has {payload}"
+            ),
         ));
     }
     Ok(Idx {
@@ -75,11 +87,17 @@ pub fn read_idx_images(path: &Path, hint: &str) -> Result<Idx, DataError> {
     if idx.dims.len() != 3 {
         return Err(DataError::malformed(
             path,
-            format!("an image file needs 3 dimensions [n, h, w], header has {:?}", idx.dims),
+            format!(
+                "an image file needs 3 dimensions [n, h, w], header has {:?}",
+                idx.dims
+            ),
         ));
     }
     if idx.dims[1] == 0 || idx.dims[2] == 0 {
-        return Err(DataError::malformed(path, format!("empty image size {:?}", idx.dims)));
+        return Err(DataError::malformed(
+            path,
+            format!("empty image size {:?}", idx.dims),
+        ));
     }
     Ok(idx)
 }
@@ -116,5 +134,27 @@ pub(crate) fn read_idx_pair(
     if img.dims[0] == 0 {
         return Err(DataError::malformed(images, "no images"));
     }
-    Dataset::from_u8(&img.data, lab, [1, img.dims[1], img.dims[2]], num_classes, labels)
+    Dataset::from_u8(
+        &img.data,
+        lab,
+        [1, img.dims[1], img.dims[2]],
+        num_classes,
+        labels,
+    )
+}
+
+/// Write an IDX file of unsigned bytes (gzip-compressed when `path` ends in `.gz`).
+pub fn write_idx(path: &Path, dims: &[usize], data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut bytes = vec![0u8, 0, 0x08, dims.len() as u8];
+    for &d in dims {
+        bytes.extend_from_slice(&(d as u32).to_be_bytes());
+    }
+    bytes.extend_from_slice(data);
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&bytes)?;
+        bytes = enc.finish()?;
+    }
+    std::fs::write(path, bytes)
 }

@@ -28,12 +28,16 @@ pub fn read_mnist_json_dir(dir: &Path, hint: &str) -> Result<Dataset, DataError>
     for digit in 0..10u8 {
         let path = dir.join(format!("{digit}.json"));
         let bytes = read_maybe_gz(&path, hint)?;
-        let parsed: Digits = serde_json::from_slice(&bytes)
-            .map_err(|e| DataError::malformed(&path, format!("not {{\"data\": [numbers]}}: {e}")))?;
+        let parsed: Digits = serde_json::from_slice(&bytes).map_err(|e| {
+            DataError::malformed(&path, format!("not {{\"data\": [numbers]}}: {e}"))
+        })?;
         if parsed.data.is_empty() || parsed.data.len() % PIXELS != 0 {
             return Err(DataError::malformed(
                 &path,
-                format!("{} values is not a positive multiple of {PIXELS}", parsed.data.len()),
+                format!(
+                    "{} values is not a positive multiple of {PIXELS}",
+                    parsed.data.len()
+                ),
             ));
         }
         if let Some((i, v)) = parsed
@@ -42,7 +46,10 @@ pub fn read_mnist_json_dir(dir: &Path, hint: &str) -> Result<Dataset, DataError>
             .enumerate()
             .find(|(_, v)| !(0.0..=1.0).contains(*v))
         {
-            return Err(DataError::malformed(&path, format!("value {v} at {i} is outside [0, 1]")));
+            return Err(DataError::malformed(
+                &path,
+                format!("value {v} at {i} is outside [0, 1]"),
+            ));
         }
         let n = parsed.data.len() / PIXELS;
         images.extend(parsed.data.iter().map(|&v| v * 2.0 - 1.0));

@@ -9,6 +9,7 @@ mod batch;
 mod cifar;
 mod idx;
 mod mnist_json;
+pub mod synthetic;
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use batch::{Augment, Batch, BatchSampler};
 pub use cifar::{CifarVariant, read_cifar_file};
-pub use idx::{read_idx, read_idx_images, read_idx_labels};
+pub use idx::{read_idx, read_idx_images, read_idx_labels, write_idx};
 pub use mnist_json::read_mnist_json_dir;
 
 /// Largest decompressed file the readers accept (1 GiB), a guard against gzip bombs.
@@ -229,7 +230,11 @@ impl Dataset {
     }
 }
 
-pub(crate) fn check_labels(labels: &[u8], num_classes: usize, path: &Path) -> Result<(), DataError> {
+pub(crate) fn check_labels(
+    labels: &[u8],
+    num_classes: usize,
+    path: &Path,
+) -> Result<(), DataError> {
     if let Some((i, &l)) = labels
         .iter()
         .enumerate()
@@ -283,7 +288,9 @@ fn idx_path(dir: &Path, name: &str) -> PathBuf {
 /// data set from `dir` (or its default directory). The validation split is applied by
 /// [`load_split`].
 pub fn load_files(kind: DatasetKind, dir: Option<&Path>, test: bool) -> Result<Dataset, DataError> {
-    let dir = dir.map(Path::to_path_buf).unwrap_or_else(|| kind.default_dir());
+    let dir = dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| kind.default_dir());
     let hint = kind.hint();
     match kind {
         DatasetKind::FashionMnist => {

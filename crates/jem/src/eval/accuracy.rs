@@ -1,7 +1,6 @@
 //! Classification accuracy and negative log-likelihood, optionally after SGLD refinement of
 //! the inputs.
 
-
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +51,11 @@ pub fn logits(
             Some(p) if p.steps > 0 => sgld(model, x, &Target::Marginal, p, rng).samples,
             _ => x,
         };
-        let l: Vec<f32> = plain.forward(x).into_data().try_to_vec::<f32>().expect("logits are f32"); // [b, k]
+        let l: Vec<f32> = plain
+            .forward(x)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("logits are f32"); // [b, k]
         out.extend(l);
     }
     out
@@ -81,7 +84,12 @@ pub fn accuracy_from_logits(logits: &[f32], labels: &[u8], k: usize) -> (usize, 
         if arg == y as usize {
             correct += 1;
         }
-        let lse = max as f64 + row.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln();
+        let lse = max as f64
+            + row
+                .iter()
+                .map(|&v| ((v - max) as f64).exp())
+                .sum::<f64>()
+                .ln();
         nll += lse - row[y as usize] as f64;
     }
     (correct, nll / labels.len().max(1) as f64)
@@ -111,5 +119,7 @@ pub fn accuracy(
 /// # Shapes
 /// `x: [b, c, h, w] -> scalar`
 pub fn mean_log_px(model: &Classifier, x: Tensor<4>) -> f32 {
-    logsumexp(model.valid().forward(x.inner())).mean().into_scalar::<f32>()
+    logsumexp(model.valid().forward(x.inner()))
+        .mean()
+        .into_scalar::<f32>()
 }

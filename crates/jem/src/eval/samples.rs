@@ -55,7 +55,9 @@ pub fn draw_samples(
     let labels: Option<Vec<usize>> = match classes {
         Classes::Unconditional => None,
         Classes::One(c) if *c >= k => {
-            return Err(Error::Shape(format!("class {c} does not exist: the run has {k} classes")));
+            return Err(Error::Shape(format!(
+                "class {c} does not exist: the run has {k} classes"
+            )));
         }
         Classes::One(c) => Some(vec![*c; n]),
         Classes::All => Some((0..k).flat_map(|c| std::iter::repeat_n(c, n)).collect()),
@@ -91,7 +93,11 @@ pub fn draw_samples(
         _ => (total as f64).sqrt().ceil() as usize,
     };
     Ok(Samples {
-        images: out.samples.into_data().try_to_vec::<f32>().expect("f32 samples"),
+        images: out
+            .samples
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32 samples"),
         n: total,
         cols,
     })

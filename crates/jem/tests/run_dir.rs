@@ -1,0 +1,283 @@
+//! Run directories: exact resume, divergence stop with an intact checkpoint, refusal to
+//! overwrite, and clear errors on damaged files.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use jem::checkpoint::files;
+use jem::config::TrainConfig;
+use jem::data::DatasetKind;
+use jem::loss::Objective;
+use jem::model::ModelConfig;
+use jem::train::{NoObserver, Trainer};
+use jem::{Error, eval::run::Run};
+
+fn tiny_config(data: &Path) -> TrainConfig {
+    let mut c = TrainConfig::default();
+    c.data.dataset = DatasetKind::FashionMnist;
+    c.data.dir = Some(data.to_path_buf());
+    c.data.n_valid = 32;
+    c.model = ModelConfig::Cnn { widths: vec![6, 8] };
+    c.schedule.batch_size = 16;
+    c.schedule.epochs = 3;
+    c.schedule.log_every = 1;
+    c.schedule.checkpoint_every = 100;
+    c.sgld.steps = 3;
+    c.buffer.size = 100;
+    c.buffer.conditional = true;
+    c.loss.pxy_weight = 0.5;
+    c.optim.warmup_steps = 2;
+    c.optim.lr = 1e-3;
+    c.data.augment.crop_pad = 2;
+    c.seed = 42;
+    c
+}
+
+fn device() -> Device {
+    Device::flex()
+}
+
+fn data_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    jem::data::synthetic::write_synthetic_fashion(d.path(), 160, 32, 3).unwrap();
+    d
+}
+
+/// Every tensor of a safetensors file, by name, as raw bytes (header metadata order is not
+/// part of the content).
+fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    out.sort();
+    assert!(!out.is_empty());
+    out
+}
+
+fn without_ms(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("ms");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn n_steps_straight_equal_half_then_resume_then_half() {
+    let data = data_dir();
+    let runs = tempfile::tempdir().unwrap();
+    let (a, b) = (runs.path().join("a"), runs.path().join("b"));
+    // 8 steps per epoch (128 / 16): 12 steps cross an epoch boundary, validation included.
+    let mut cfg = tiny_config(data.path());
+    cfg.schedule.max_steps = Some(12);
+    let mut straight = Trainer::create(cfg.clone(), &a, &device()).unwrap();
+    assert_eq!(straight.steps_per_epoch(), 8);
+    straight.run(&mut NoObserver).unwrap();
+
+    cfg.schedule.max_steps = Some(6);
+    Trainer::create(cfg, &b, &device())
+        .unwrap()
+        .run(&mut NoObserver)
+        .unwrap();
+    let mut resumed = Trainer::resume(&b, &device(), |c| c.schedule.max_steps = Some(12)).unwrap();
+    assert_eq!(resumed.step(), 6);
+    let s = resumed.run(&mut NoObserver).unwrap();
+    assert_eq!(s.step, 12);
+
+    for f in [files::MODEL, files::OPTIM, files::BUFFER] {
+        assert_eq!(
+            tensors(&a.join(f)),
+            tensors(&b.join(f)),
+            "{f} differs between the straight and the resumed run"
+        );
+    }
+    let sa: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join(files::STATE)).unwrap()).unwrap();
+    let sb: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join(files::STATE)).unwrap()).unwrap();
+    assert_eq!(sa["rng"], sb["rng"]);
+    assert_eq!(sa["step"], 12);
+    assert_eq!(
+        without_ms(&a.join(files::METRICS)),
+        without_ms(&b.join(files::METRICS))
+    );
+
+    // Resuming a finished run does nothing; the step bound counts the whole run.
+    let mut again = Trainer::resume(&b, &device(), |_| {}).unwrap();
+    assert_eq!(again.run(&mut NoObserver).unwrap().last, None);
+
+    // Fixed parts of a run cannot change on resume.
+    let e = Trainer::resume(&b, &device(), |c| c.seed = 1)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("seed"), "{e}");
+
+    // The saved run opens for evaluation with the same weights.
+    let run = Run::open(&a, &device()).unwrap();
+    assert_eq!(run.state.step, 12);
+    assert!(jem::checkpoint::params_finite(&run.model));
+}
+
+#[test]
+fn an_existing_run_directory_is_never_overwritten() {
+    let data = data_dir();
+    let runs = tempfile::tempdir().unwrap();
+    let dir = runs.path().join("r");
+    let mut cfg = tiny_config(data.path());
+    cfg.schedule.max_steps = Some(1);
+    Trainer::create(cfg.clone(), &dir, &device()).unwrap();
+    let before = std::fs::read(dir.join(files::MODEL)).unwrap();
+    let e = Trainer::create(cfg, &dir, &device()).err().unwrap();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert_eq!(before, std::fs::read(dir.join(files::MODEL)).unwrap());
+}
+
+#[test]
+fn damaged_checkpoints_are_clear_errors() {
+    let data = data_dir();
+    let runs = tempfile::tempdir().unwrap();
+    let dir = runs.path().join("r");
+    let mut cfg = tiny_config(data.path());
+    cfg.schedule.max_steps = Some(2);
+    Trainer::create(cfg, &dir, &device())
+        .unwrap()
+        .run(&mut NoObserver)
+        .unwrap();
+
+    let e = Trainer::resume(&runs.path().join("nope"), &device(), |_| {})
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("not a jem run directory"), "{e}");
+
+    let model = std::fs::read(dir.join(files::MODEL)).unwrap();
+    std::fs::write(dir.join(files::MODEL), &model[..model.len() - 100]).unwrap();
+    let e = Trainer::resume(&dir, &device(), |_| {}).err().unwrap();
+    assert!(e.to_string().contains("model.safetensors"), "{e}");
+    std::fs::write(dir.join(files::MODEL), &model).unwrap();
+
+    // A state file from another step: the mix is detected, not resumed.
+    let state = std::fs::read_to_string(dir.join(files::STATE)).unwrap();
+    std::fs::write(
+        dir.join(files::STATE),
+        state.replace("\"step\": 2", "\"step\": 1"),
+    )
+    .unwrap();
+    let e = Trainer::resume(&dir, &device(), |_| {}).err().unwrap();
+    assert!(e.to_string().contains("inconsistent"), "{e}");
+    std::fs::write(dir.join(files::STATE), "{ not json").unwrap();
+    let e = Trainer::resume(&dir, &device(), |_| {}).err().unwrap();
+    assert!(e.to_string().contains("state.json"), "{e}");
+    std::fs::write(dir.join(files::STATE), state).unwrap();
+    std::fs::write(
+        dir.join(files::CONFIG),
+        "[model]\narch = \"cnn\"\nwidths = [6, 8]\nbogus = 1\n",
+    )
+    .unwrap();
+    let e = Trainer::resume(&dir, &device(), |_| {}).err().unwrap();
+    assert!(e.to_string().contains("config.toml"), "{e}");
+}
+
+#[test]
+fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
+    let data = data_dir();
+    let runs = tempfile::tempdir().unwrap();
+    let dir = runs.path().join("r");
+    let mut cfg = tiny_config(data.path());
+    cfg.loss.objective = Objective::Softmax;
+    cfg.optim.algorithm = jem::optim::Algorithm::Sgd;
+    cfg.optim.lr = 1e12;
+    cfg.optim.warmup_steps = 0;
+    cfg.schedule.checkpoint_every = 1;
+    cfg.schedule.max_steps = Some(50);
+    let mut t = Trainer::create(cfg, &dir, &device()).unwrap();
+    match t.run(&mut NoObserver) {
+        Err(Error::Diverged {
+            step,
+            last_checkpoint,
+            ..
+        }) => {
+            assert!(last_checkpoint < step);
+            let run = Run::open(&dir, &device()).unwrap();
+            assert_eq!(run.state.step, last_checkpoint);
+            assert!(
+                jem::checkpoint::params_finite(&run.model),
+                "a non-finite model was saved"
+            );
+        }
+        other => panic!("expected divergence, got {:?}", other.map(|s| s.step)),
+    }
+}
+
+#[test]
+fn config_validation_names_the_field() {
+    let base = TrainConfig::default();
+    let cases: Vec<(Box<dyn Fn(&mut TrainConfig)>, &str)> = vec![
+        (
+            Box::new(|c| c.schedule.batch_size = 0),
+            "schedule.batch_size",
+        ),
+        (Box::new(|c| c.optim.lr = -1.0), "optim.lr"),
+        (Box::new(|c| c.optim.lr = f64::NAN), "optim.lr"),
+        (Box::new(|c| c.sgld.steps = 0), "sgld.steps"),
+        (Box::new(|c| c.sgld.step_size = 0.0), "sgld.step_size"),
+        (Box::new(|c| c.sgld.noise_std = -0.1), "sgld.noise_std"),
+        (
+            Box::new(|c| {
+                c.buffer.conditional = true;
+                c.buffer.size = 10_005;
+            }),
+            "buffer.size",
+        ),
+        (Box::new(|c| c.buffer.size = 10), "buffer.size"),
+        (
+            Box::new(|c| c.buffer.reinit_freq = 1.5),
+            "buffer.reinit_freq",
+        ),
+        (
+            Box::new(|c| {
+                c.model = ModelConfig::Wrn {
+                    depth: 11,
+                    widen: 2,
+                    norm: Default::default(),
+                    dropout: 0.0,
+                }
+            }),
+            "model.depth",
+        ),
+        (
+            Box::new(|c| c.model = ModelConfig::Cnn { widths: vec![] }),
+            "model.widths",
+        ),
+        (Box::new(|c| c.loss.px_weight = -1.0), "loss.px_weight"),
+        (
+            Box::new(|c| c.schedule.max_steps = Some(0)),
+            "schedule.max_steps",
+        ),
+        (
+            Box::new(|c| c.data.augment.crop_pad = 28),
+            "data.augment.crop_pad",
+        ),
+        (Box::new(|c| c.optim.beta2 = 1.0), "optim.beta2"),
+    ];
+    for (f, field) in cases {
+        let mut c = base.clone();
+        f(&mut c);
+        let e = c.validate().expect_err(field);
+        assert!(e.to_string().contains(field), "{field}: {e}");
+    }
+    // Softmax needs no sampler, so sampler settings do not matter there.
+    let mut c = base.clone();
+    c.loss.objective = Objective::Softmax;
+    c.sgld.steps = 0;
+    c.validate().unwrap();
+    let e = TrainConfig::from_toml("[sgld]\nstpes = 3\n").unwrap_err();
+    assert!(e.contains("stpes"), "{e}");
+}
