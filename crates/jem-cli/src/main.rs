@@ -39,7 +39,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model into a run directory, or resume one.
-    Train(TrainArgs),
+    #[command(args_override_self = true)]
+    Train(Box<TrainArgs>),
     /// Evaluate a trained run.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -582,7 +583,7 @@ fn run(cli: Cli) -> Result<()> {
         .context("setting up the compute threads")?;
     let device = jem::default_device();
     match cli.command {
-        Command::Train(a) => train(a, &device),
+        Command::Train(a) => train(*a, &device),
         Command::Eval(EvalCommand::Accuracy(a)) => eval_accuracy(a, &device),
         Command::Sample(a) => sample(a, &device),
         Command::Bench(a) => bench(a, &device, threads),

@@ -77,7 +77,7 @@ pub fn run(device: &Device, sgld_reps: usize, iter_reps: usize, threads: usize) 
         let t = Instant::now();
         let out = iteration(
             &cfg,
-            model,
+            model.clone(),
             &mut optim,
             Some(&mut buffer),
             &batch,
@@ -87,9 +87,9 @@ pub fn run(device: &Device, sgld_reps: usize, iter_reps: usize, threads: usize) 
             &mut rng,
             &device,
         );
-        model = match out {
-            Ok((m, _)) | Err((m, _, _)) => m,
-        };
+        if let Ok((m, _)) = out {
+            model = m;
+        }
         if i >= 2 {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }

@@ -47,7 +47,7 @@ impl BufferConfig {
                 format!("{}: must be in [0, 1]", self.reinit_freq),
             ));
         }
-        if self.conditional && self.size % num_classes != 0 {
+        if self.conditional && !self.size.is_multiple_of(num_classes) {
             return Err(ConfigError::field(
                 "buffer.size",
                 format!(

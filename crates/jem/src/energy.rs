@@ -64,6 +64,7 @@ pub fn cross_entropy(logits: Tensor<2>, one_hot: Tensor<2>) -> Tensor<1> {
 
 /// What SGLD climbs: `log p(x)` (unconditional) or `log p(x, y)` for given classes.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // built once per chain batch, never stored in bulk
 pub enum Target {
     /// `logsumexp_y f(x)[y]`.
     Marginal,

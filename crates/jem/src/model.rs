@@ -330,6 +330,7 @@ impl Wrn {
 
 /// A classifier `f`; its logits are the negative class energies of the JEM.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one per run; boxing would not fit burn's Module derive
 pub enum Classifier {
     /// The strided CNN.
     Cnn(Cnn),

@@ -101,9 +101,13 @@ pub struct Summary {
     pub valid: Option<EvalLine>,
 }
 
-/// Scalars of one iteration, before the optimiser step is taken.
-struct Measured {
-    metrics: StepMetrics,
+/// A non-finite or exploding quantity seen during an iteration (no update was applied).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Divergence {
+    /// Which quantity.
+    pub what: String,
+    /// Its value.
+    pub value: f64,
 }
 
 /// One JEM (or softmax) training iteration on `batch`: returns the updated model and the
@@ -120,7 +124,7 @@ pub fn iteration(
     lr: f64,
     rng: &mut Rng,
     device: &Device,
-) -> std::result::Result<(Classifier, StepMetrics), (Classifier, String, f64)> {
+) -> std::result::Result<(Classifier, StepMetrics), Divergence> {
     let t0 = Instant::now();
     let b = batch.labels.len();
     let [c, h, w] = shape;
@@ -197,27 +201,28 @@ pub fn iteration(
         .expect("scalars are f32");
     let total = values[0] as f64;
     if !total.is_finite() || total.abs() > LOSS_LIMIT {
-        return Err((model, "loss".into(), total));
+        return Err(Divergence {
+            what: "loss".into(),
+            value: total,
+        });
     }
     let grads = parts.total.backward();
     let grads = GradientsParams::from_grads(grads, &model);
     let model = optim.step(lr, model, grads);
-    let measured = Measured {
-        metrics: StepMetrics {
-            step: 0,
-            epoch: 0,
-            loss: total,
-            ce: values[1] as f64,
-            lse_data: values[2] as f64,
-            acc: values[3] as f64,
-            lse_sample: values.get(4).map(|&v| v as f64),
-            lr,
-            sgld_grad_norm: grad_norm,
-            n_reinit,
-            ms: t0.elapsed().as_secs_f64() * 1e3,
-        },
+    let metrics = StepMetrics {
+        step: 0,
+        epoch: 0,
+        loss: total,
+        ce: values[1] as f64,
+        lse_data: values[2] as f64,
+        acc: values[3] as f64,
+        lse_sample: values.get(4).map(|&v| v as f64),
+        lr,
+        sgld_grad_norm: grad_norm,
+        n_reinit,
+        ms: t0.elapsed().as_secs_f64() * 1e3,
     };
-    Ok((model, measured.metrics))
+    Ok((model, metrics))
 }
 
 /// A training run bound to its directory.
@@ -491,7 +496,7 @@ impl Trainer {
                     self.model = model;
                     m
                 }
-                Err((_, what, value)) => {
+                Err(Divergence { what, value }) => {
                     return Err(Error::Diverged {
                         step: step + 1,
                         what,
@@ -505,9 +510,9 @@ impl Trainer {
             self.state.elapsed_s += t0.elapsed().as_secs_f64();
             m.step = self.state.step;
             m.epoch = epoch;
-            let end_of_epoch = self.state.step % per_epoch == 0;
+            let end_of_epoch = self.state.step.is_multiple_of(per_epoch);
             let last = self.state.step == total;
-            if self.state.step % self.cfg.schedule.log_every == 0 || last {
+            if self.state.step.is_multiple_of(self.cfg.schedule.log_every) || last {
                 write_line(&mut metrics, &metrics_path, &m)?;
             }
             obs.on_step(&m);
@@ -531,7 +536,13 @@ impl Trainer {
                 obs.on_eval(&e);
                 summary.valid = Some(e);
             }
-            if self.state.step % self.cfg.schedule.checkpoint_every == 0 || end_of_epoch || last {
+            if self
+                .state
+                .step
+                .is_multiple_of(self.cfg.schedule.checkpoint_every)
+                || end_of_epoch
+                || last
+            {
                 self.checkpoint()?;
                 obs.on_checkpoint(self.state.step);
             }

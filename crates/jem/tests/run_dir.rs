@@ -219,7 +219,8 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
 #[test]
 fn config_validation_names_the_field() {
     let base = TrainConfig::default();
-    let cases: Vec<(Box<dyn Fn(&mut TrainConfig)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut TrainConfig)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|c| c.schedule.batch_size = 0),
             "schedule.batch_size",

@@ -49,7 +49,7 @@ fn trained_model() -> (Classifier, Device) {
             &mut rng,
             &d,
         )
-        .map_err(|(_, w, v)| format!("{w} {v}"))
+        .map_err(|d| format!("{} {}", d.what, d.value))
         .unwrap();
         model = m;
         last_acc = metrics.acc;

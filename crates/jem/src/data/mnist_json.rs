@@ -31,7 +31,7 @@ pub fn read_mnist_json_dir(dir: &Path, hint: &str) -> Result<Dataset, DataError>
         let parsed: Digits = serde_json::from_slice(&bytes).map_err(|e| {
             DataError::malformed(&path, format!("not {{\"data\": [numbers]}}: {e}"))
         })?;
-        if parsed.data.is_empty() || parsed.data.len() % PIXELS != 0 {
+        if parsed.data.is_empty() || !parsed.data.len().is_multiple_of(PIXELS) {
             return Err(DataError::malformed(
                 &path,
                 format!(

@@ -1,0 +1,213 @@
+//! The `jem` binary end to end on a small synthetic data set in the Fashion-MNIST layout.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn jem(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_jem"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("the jem binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn train_tiny(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--threads",
+        "2",
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "16",
+        "--n-valid",
+        "32",
+        "--buffer-size",
+        "100",
+        "--sgld-steps",
+        "3",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "2",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    jem(&args)
+}
+
+#[test]
+fn train_resume_eval_sample_bench() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    jem::data::synthetic::write_synthetic_fashion(&data, 160, 40, 1).unwrap();
+    let run = tmp.path().join("run");
+    let o = train_tiny(&data, &run, &["--max-steps", "4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [
+        "config.toml",
+        "model.safetensors",
+        "optim.safetensors",
+        "buffer.safetensors",
+        "state.json",
+        "metrics.jsonl",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    // --max-steps counts the whole run, also after a resume.
+    let o = jem(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--max-steps",
+        "6",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"], 6);
+    // Fixed parts of a run cannot be changed on resume.
+    let o = jem(&["train", "--resume", run.to_str().unwrap(), "--seed", "3"]);
+    assert!(
+        !o.status.success() && text(&o).contains("--resume"),
+        "{}",
+        text(&o)
+    );
+
+    let o = jem(&["eval", "accuracy", "--run", run.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc) && v["nll"].as_f64().unwrap().is_finite());
+    assert_eq!(v["n"], 40);
+    let o = jem(&[
+        "eval",
+        "accuracy",
+        "--run",
+        run.to_str().unwrap(),
+        "--split",
+        "valid",
+        "--sgld-refine-steps",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["n"].as_u64(), v["refine_steps"].as_u64()),
+        (Some(32), Some(2))
+    );
+
+    for (name, extra) in [
+        ("uncond.png", vec![]),
+        (
+            "class.png",
+            vec!["--class", "3", "--from", "noise", "--steps", "5"],
+        ),
+        ("rows.png", vec!["--per-class", "--n", "4", "--steps", "2"]),
+    ] {
+        let png = tmp.path().join(name);
+        let mut args = vec![
+            "sample",
+            "--run",
+            run.to_str().unwrap(),
+            "--out",
+            png.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = jem(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name} is not a PNG");
+    }
+    let o = jem(&[
+        "sample",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        tmp.path().join("x.png").to_str().unwrap(),
+        "--class",
+        "10",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("class 10"),
+        "{}",
+        text(&o)
+    );
+
+    let o = jem(&["bench", "--json", "--sgld-reps", "1", "--iter-reps", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["sgld_step_ms", "iteration_ms", "gflops"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}");
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    jem::data::synthetic::write_synthetic_fashion(&data, 64, 8, 1).unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--max-steps", "-3"], "-3"),
+        (vec!["--frobnicate"], "--frobnicate"),
+        (vec!["--sgld-steps", "0", "--max-steps", "1"], "sgld.steps"),
+        (vec!["--conditional", "--buffer-size", "105"], "buffer.size"),
+        (vec!["--n-valid", "64"], "n_valid"),
+        (vec!["--arch", "wrn", "--wrn-depth", "12"], "model.depth"),
+    ];
+    for (i, (extra, want)) in cases.into_iter().enumerate() {
+        let out = tmp.path().join(format!("r{i}"));
+        let o = train_tiny(&data, &out, &extra);
+        assert!(!o.status.success(), "{extra:?} was accepted");
+        assert!(text(&o).contains(want), "{extra:?}: {}", text(&o));
+        assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    }
+    let o = jem(&[
+        "train",
+        "--data-dir",
+        "/nonexistent",
+        "--out",
+        tmp.path().join("m").to_str().unwrap(),
+        "--max-steps",
+        "1",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("/nonexistent/train-images-idx3-ubyte"),
+        "{}",
+        text(&o)
+    );
+    let o = jem(&["eval", "accuracy", "--run", tmp.path().to_str().unwrap()]);
+    assert!(
+        !o.status.success() && text(&o).contains("not a jem run directory"),
+        "{}",
+        text(&o)
+    );
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "[optim]\nlr = \"fast\"\n").unwrap();
+    let o = jem(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        tmp.path().join("c").to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("bad.toml"),
+        "{}",
+        text(&o)
+    );
+}
