@@ -298,6 +298,19 @@ pub fn params_finite(model: &Classifier) -> bool {
     all.iter().all(|v| v.is_finite())
 }
 
+/// Read a run directory's `config.toml`.
+pub fn load_config(dir: &Path) -> crate::Result<crate::config::TrainConfig> {
+    let path = dir.join(files::CONFIG);
+    if !path.exists() {
+        return Err(CheckpointError::NotARun {
+            dir: dir.to_path_buf(),
+            file: files::CONFIG,
+        }
+        .into());
+    }
+    crate::config::TrainConfig::from_file(&path)
+}
+
 /// Write `state.json` atomically (the last file of a checkpoint).
 pub fn save_state(dir: &Path, state: &RunState) -> Result<(), CheckpointError> {
     let text = serde_json::to_string_pretty(state).expect("RunState serialises");

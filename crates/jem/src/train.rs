@@ -328,14 +328,7 @@ impl Trainer {
         adjust: impl FnOnce(&mut TrainConfig),
     ) -> Result<Self> {
         let cfg_path = dir.join(files::CONFIG);
-        if !cfg_path.exists() {
-            return Err(CheckpointError::NotARun {
-                dir: dir.to_path_buf(),
-                file: files::CONFIG,
-            }
-            .into());
-        }
-        let saved = TrainConfig::from_file(&cfg_path)?;
+        let saved = checkpoint::load_config(dir)?;
         let mut cfg = saved.clone();
         adjust(&mut cfg);
         cfg.validate()?;

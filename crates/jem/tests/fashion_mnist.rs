@@ -55,11 +55,11 @@ fn softmax_and_jem_learn_fashion_mnist() {
     let acc = test_accuracy(&dir);
     assert!(acc > 0.65, "softmax test accuracy {acc} after 300 steps");
 
+    // The paper's recipe, shortened: Adam 1e-4 (warm-up 100 instead of 1000), 10 SGLD steps.
     let mut c = TrainConfig::default();
-    c.optim.lr = 1e-3;
-    c.optim.warmup_steps = 50;
-    c.sgld.steps = 5;
-    c.schedule.max_steps = Some(150);
+    c.optim.warmup_steps = 100;
+    c.sgld.steps = 10;
+    c.schedule.max_steps = Some(200);
     c.schedule.eval_valid = false;
     let dir = runs.path().join("jem");
     let mut t = Trainer::create(c, &dir, &Device::flex()).unwrap();
@@ -67,5 +67,5 @@ fn softmax_and_jem_learn_fashion_mnist() {
     let m = s.last.unwrap();
     assert!(m.lse_sample.unwrap().is_finite() && m.sgld_grad_norm.unwrap().is_finite());
     let acc = test_accuracy(&dir);
-    assert!(acc > 0.5, "jem test accuracy {acc} after 150 steps");
+    assert!(acc > 0.3, "jem test accuracy {acc} after 200 steps (chance: 0.1)");
 }

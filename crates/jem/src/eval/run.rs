@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::Result;
 use crate::buffer::ReplayBuffer;
-use crate::checkpoint::{self, CheckpointError, RunState, files};
+use crate::checkpoint::{self, RunState, files};
 use crate::config::TrainConfig;
 use crate::data::Split;
 use crate::model::Classifier;
@@ -27,15 +27,7 @@ pub struct Run {
 impl Run {
     /// Open `dir`'s last checkpoint on `device`.
     pub fn open(dir: &Path, device: &Device) -> Result<Self> {
-        let cfg_path = dir.join(files::CONFIG);
-        if !cfg_path.exists() {
-            return Err(CheckpointError::NotARun {
-                dir: dir.to_path_buf(),
-                file: files::CONFIG,
-            }
-            .into());
-        }
-        let config = TrainConfig::from_file(&cfg_path)?;
+        let config = checkpoint::load_config(dir)?;
         let state = checkpoint::load_state(dir)?;
         let kind = config.data.dataset;
         let shape = kind.shape();
