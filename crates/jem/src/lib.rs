@@ -45,6 +45,7 @@ pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod sgld;
+pub mod step;
 pub mod train;
 
 pub use burn::prelude::{Device, Tensor};

@@ -67,5 +67,8 @@ fn softmax_and_jem_learn_fashion_mnist() {
     let m = s.last.unwrap();
     assert!(m.lse_sample.unwrap().is_finite() && m.sgld_grad_norm.unwrap().is_finite());
     let acc = test_accuracy(&dir);
-    assert!(acc > 0.3, "jem test accuracy {acc} after 200 steps (chance: 0.1)");
+    assert!(
+        acc > 0.3,
+        "jem test accuracy {acc} after 200 steps (chance: 0.1)"
+    );
 }
