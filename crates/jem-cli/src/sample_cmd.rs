@@ -37,6 +37,9 @@ pub(crate) struct SampleArgs {
     /// Number of samples (per class with --per-class).
     #[arg(long, default_value_t = 64)]
     pub(crate) n: usize,
+    /// Pixel size in the PNG (each image pixel becomes SCALE x SCALE).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) scale: usize,
     /// Seed of the chains.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
@@ -69,7 +72,7 @@ pub(crate) fn sample(a: SampleArgs, device: &jem::Device) -> Result<()> {
         &params,
         &mut Rng::new(a.seed, 4),
     )?;
-    jem::image::save_grid(&a.out, &s.images, s.n, run.shape(), s.cols)
+    jem::image::save_grid(&a.out, &s.images, s.n, run.shape(), s.cols, a.scale)
         .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("wrote {} samples to {}", s.n, a.out.display());
     Ok(())
