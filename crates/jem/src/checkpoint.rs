@@ -1,5 +1,12 @@
 //! Run directories and checkpoints.
 //!
+//! A checkpoint is written in three moves: each data file to a staged name
+//! (`model.safetensors.next`, ...), then `state.json` (the commit point), then the staged files
+//! renamed into place. [`recover`], run before any checkpoint is read, finishes an interrupted
+//! commit (staged files of the committed step are moved into place) or discards an
+//! uncommitted one (staged files of a later step are removed), so a process killed at any
+//! moment leaves exactly one complete checkpoint.
+//!
 //! A run directory holds `config.toml` (the resolved config), `model.safetensors`,
 //! `optim.safetensors`, `buffer.safetensors`, `state.json` (step, epoch, RNG state) and
 //! `metrics.jsonl`. Every file is written atomically (temporary file, `fsync`, rename), and
@@ -296,6 +303,45 @@ pub fn params_finite(model: &Classifier) -> bool {
         .try_to_vec::<f32>()
         .unwrap_or_default();
     all.iter().all(|v| v.is_finite())
+}
+
+/// The staged name of a checkpoint file (`model.safetensors` -> `model.safetensors.next`).
+pub fn staged(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".next");
+    path.with_file_name(name)
+}
+
+/// The step a safetensors file belongs to, if it can be read.
+fn file_step(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).ok()?;
+    SafeTensors::deserialize(&bytes).ok()?;
+    header.metadata().as_ref()?.get("step")?.parse().ok()
+}
+
+/// Bring `dir` to its last committed checkpoint and return that checkpoint's state: staged
+/// files of the committed step are moved into place, staged files of any other step (an
+/// uncommitted checkpoint) are removed.
+pub fn recover(dir: &Path) -> Result<RunState, CheckpointError> {
+    let state = load_state(dir)?;
+    for name in [files::MODEL, files::OPTIM, files::BUFFER] {
+        let path = dir.join(name);
+        let next = staged(&path);
+        if !next.exists() {
+            continue;
+        }
+        if file_step(&next) == Some(state.step) {
+            std::fs::rename(&next, &path).map_err(|e| CheckpointError::io(&path, e))?;
+        } else {
+            tracing::warn!(file = %next.display(), "removing an uncommitted checkpoint file");
+            std::fs::remove_file(&next).map_err(|e| CheckpointError::io(&next, e))?;
+        }
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(state)
 }
 
 /// Read a run directory's `config.toml`.

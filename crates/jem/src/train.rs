@@ -186,7 +186,7 @@ impl Trainer {
                 return Err(ConfigError::field(field, "cannot change when resuming a run").into());
             }
         }
-        let state = checkpoint::load_state(dir)?;
+        let state = checkpoint::recover(dir)?;
         let (train, valid) = load_data(&cfg)?;
         let device = device.clone().autodiff();
         let model = cfg.model.init(train.shape[0], train.num_classes, &device);
@@ -270,12 +270,16 @@ impl Trainer {
                 run_dir: self.dir.clone(),
             });
         }
-        save_model(&self.model, &self.dir.join(files::MODEL), step)?;
-        self.optim.save(&self.dir.join(files::OPTIM), step)?;
+        // Stage every file, commit by writing state.json, then move the staged files into
+        // place: a crash at any point leaves one complete checkpoint (see `checkpoint::recover`).
+        let staged = |name| checkpoint::staged(&self.dir.join(name));
+        save_model(&self.model, &staged(files::MODEL), step)?;
+        self.optim.save(&staged(files::OPTIM), step)?;
         if let Some(b) = &self.buffer {
-            b.save(&self.dir.join(files::BUFFER), step)?;
+            b.save(&staged(files::BUFFER), step)?;
         }
         checkpoint::save_state(&self.dir, &self.state)?;
+        checkpoint::recover(&self.dir)?;
         self.last_checkpoint = step;
         Ok(())
     }

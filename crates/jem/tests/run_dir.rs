@@ -282,3 +282,71 @@ fn config_validation_names_the_field() {
     let e = TrainConfig::from_toml("[sgld]\nstpes = 3\n").unwrap_err();
     assert!(e.contains("stpes"), "{e}");
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_checkpoint_interrupted_at_any_point_leaves_one_complete_checkpoint() {
+    let data = data_dir();
+    let runs = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(data.path());
+    cfg.schedule.max_steps = Some(2);
+    let two = runs.path().join("two");
+    Trainer::create(cfg.clone(), &two, &device())
+        .unwrap()
+        .run(&mut NoObserver)
+        .unwrap();
+    let four = runs.path().join("four");
+    copy_dir(&two, &four);
+    Trainer::resume(&four, &device(), |c| c.schedule.max_steps = Some(4))
+        .unwrap()
+        .run(&mut NoObserver)
+        .unwrap();
+    let staged = |p: &Path| jem::checkpoint::staged(p);
+
+    // Killed before the commit: the staged files of step 4 are discarded, step 2 resumes.
+    let before = runs.path().join("before");
+    copy_dir(&two, &before);
+    for f in [files::MODEL, files::OPTIM, files::BUFFER] {
+        std::fs::copy(four.join(f), staged(&before.join(f))).unwrap();
+    }
+    // A half-written staged file is discarded too.
+    let model = std::fs::read(four.join(files::MODEL)).unwrap();
+    std::fs::write(
+        staged(&before.join(files::MODEL)),
+        &model[..model.len() / 3],
+    )
+    .unwrap();
+    let t = Trainer::resume(&before, &device(), |_| {}).unwrap();
+    assert_eq!(t.step(), 2);
+    assert!(!staged(&before.join(files::OPTIM)).exists());
+    drop(t);
+    Trainer::resume(&before, &device(), |c| c.schedule.max_steps = Some(4))
+        .unwrap()
+        .run(&mut NoObserver)
+        .unwrap();
+    assert_eq!(
+        tensors(&before.join(files::MODEL)),
+        tensors(&four.join(files::MODEL))
+    );
+
+    // Killed after the commit, while moving files into place: step 4 is completed.
+    let after = runs.path().join("after");
+    copy_dir(&two, &after);
+    std::fs::copy(four.join(files::STATE), after.join(files::STATE)).unwrap();
+    std::fs::copy(four.join(files::OPTIM), after.join(files::OPTIM)).unwrap();
+    std::fs::copy(four.join(files::MODEL), staged(&after.join(files::MODEL))).unwrap();
+    std::fs::copy(four.join(files::BUFFER), staged(&after.join(files::BUFFER))).unwrap();
+    let run = Run::open(&after, &device()).unwrap();
+    assert_eq!(run.state.step, 4);
+    for f in [files::MODEL, files::OPTIM, files::BUFFER] {
+        assert_eq!(tensors(&after.join(f)), tensors(&four.join(f)), "{f}");
+        assert!(!staged(&after.join(f)).exists());
+    }
+}

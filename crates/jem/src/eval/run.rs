@@ -28,7 +28,7 @@ impl Run {
     /// Open `dir`'s last checkpoint on `device`.
     pub fn open(dir: &Path, device: &Device) -> Result<Self> {
         let config = checkpoint::load_config(dir)?;
-        let state = checkpoint::load_state(dir)?;
+        let state = checkpoint::recover(dir)?;
         let kind = config.data.dataset;
         let shape = kind.shape();
         let num_classes = kind.num_classes();
