@@ -211,3 +211,75 @@ fn bad_input_is_a_clear_error() {
         text(&o)
     );
 }
+
+fn model_tensors(run: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(run.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn killed_with_sigkill_at_any_moment_resumes_to_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    jem::data::synthetic::write_synthetic_fashion(&data, 160, 40, 2).unwrap();
+    let flags = ["--max-steps", "40", "--checkpoint-every", "1"];
+    let straight = tmp.path().join("straight");
+    let o = train_tiny(&data, &straight, &flags);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let killed = tmp.path().join("killed");
+    let mut kills = 0;
+    for round in 0..40 {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jem"));
+        cmd.args(["--threads", "2", "train", "--quiet"]);
+        if killed.join("state.json").exists() {
+            cmd.arg("--resume").arg(&killed);
+        } else {
+            // Killed before the first checkpoint was complete: start again from nothing.
+            std::fs::remove_dir_all(&killed).ok();
+            cmd.args(["--dataset", "fashion-mnist", "--data-dir"])
+                .arg(&data)
+                .arg("--out")
+                .arg(&killed)
+                .args([
+                    "--batch-size",
+                    "16",
+                    "--n-valid",
+                    "32",
+                    "--buffer-size",
+                    "100",
+                ])
+                .args(["--sgld-steps", "3", "--lr", "1e-3", "--warmup-steps", "2"])
+                .args(flags);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill after a varying delay: sometimes during start-up, sometimes mid-step or
+        // mid-checkpoint (a checkpoint is written after every step).
+        std::thread::sleep(std::time::Duration::from_millis(150 + 97 * (round % 7)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        if child.wait().unwrap().success() {
+            break;
+        }
+    }
+    assert!(
+        kills > 0,
+        "the run was never killed: make the delays shorter"
+    );
+    let o = jem(&["train", "--resume", killed.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(model_tensors(&killed), model_tensors(&straight));
+}
