@@ -1,11 +1,13 @@
-//! `jem eval ...`.
+//! `jem eval accuracy | calibration | ood`.
 
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use jem::data::Split;
+use jem::data::{Dataset, DatasetKind, Split};
 use jem::eval::accuracy::accuracy;
+use jem::eval::calibration::evaluate_calibration;
+use jem::eval::ood::{OodSet, Score, evaluate_ood};
 use jem::eval::run::Run;
 use jem::rng::Rng;
 
@@ -13,6 +15,10 @@ use jem::rng::Rng;
 pub(crate) enum EvalCommand {
     /// Accuracy and NLL on the test or validation split.
     Accuracy(AccuracyArgs),
+    /// Expected and maximum calibration error, NLL and Brier score.
+    Calibration(CalibrationArgs),
+    /// Out-of-distribution detection: AUROC, AUPR-in/out and FPR at 95% TPR per score and set.
+    Ood(OodArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -21,42 +27,78 @@ pub(crate) enum SplitArg {
     Valid,
 }
 
+/// What every evaluation takes.
 #[derive(Args)]
-pub(crate) struct AccuracyArgs {
+pub(crate) struct EvalData {
     /// Run directory.
     #[arg(long)]
-    pub(crate) run: PathBuf,
+    run: PathBuf,
     /// Which split.
     #[arg(long, value_enum, default_value = "test")]
-    pub(crate) split: SplitArg,
-    /// SGLD steps on log p(x) applied to each input before classifying.
-    #[arg(long, default_value_t = 0)]
-    pub(crate) sgld_refine_steps: usize,
+    split: SplitArg,
     /// Evaluate only the first N images.
     #[arg(long)]
-    pub(crate) limit: Option<usize>,
+    limit: Option<usize>,
     /// Batch size.
     #[arg(long, default_value_t = 256)]
-    pub(crate) batch_size: usize,
+    batch_size: usize,
     /// Print JSON.
     #[arg(long)]
-    pub(crate) json: bool,
+    json: bool,
+}
+
+impl EvalData {
+    fn split(&self) -> Split {
+        match self.split {
+            SplitArg::Test => Split::Test,
+            SplitArg::Valid => Split::Valid,
+        }
+    }
+
+    fn load(&self, device: &jem::Device) -> Result<(Run, Dataset)> {
+        if self.batch_size == 0 {
+            bail!("--batch-size must be positive");
+        }
+        let run = Run::open(&self.run, device)?;
+        let mut data = run.data(self.split())?;
+        if let Some(n) = self.limit {
+            if n == 0 {
+                bail!("--limit must be positive");
+            }
+            let idx: Vec<usize> = (0..n.min(data.len())).collect();
+            data = data.subset(&idx);
+        }
+        Ok((run, data))
+    }
+
+    fn header(&self, run: &Run, data: &Dataset) -> serde_json::Value {
+        serde_json::json!({
+            "run": self.run.display().to_string(),
+            "step": run.state.step,
+            "split": match self.split { SplitArg::Test => "test", SplitArg::Valid => "valid" },
+            "n": data.len(),
+        })
+    }
+}
+
+fn merge(mut head: serde_json::Value, body: serde_json::Value) -> serde_json::Value {
+    if let (Some(h), serde_json::Value::Object(b)) = (head.as_object_mut(), body) {
+        h.extend(b);
+    }
+    head
+}
+
+#[derive(Args)]
+pub(crate) struct AccuracyArgs {
+    #[command(flatten)]
+    data: EvalData,
+    /// SGLD steps on log p(x) applied to each input before classifying.
+    #[arg(long, default_value_t = 0)]
+    sgld_refine_steps: usize,
 }
 
 pub(crate) fn eval_accuracy(a: AccuracyArgs, device: &jem::Device) -> Result<()> {
-    let run = Run::open(&a.run, device)?;
-    let split = match a.split {
-        SplitArg::Test => Split::Test,
-        SplitArg::Valid => Split::Valid,
-    };
-    let mut data = run.data(split)?;
-    if let Some(n) = a.limit {
-        let idx: Vec<usize> = (0..n.min(data.len())).collect();
-        data = data.subset(&idx);
-    }
-    if a.batch_size == 0 {
-        bail!("--batch-size must be positive");
-    }
+    let (run, data) = a.data.load(device)?;
     let refine = (a.sgld_refine_steps > 0).then(|| {
         let mut p = run.config.sgld.clone();
         p.steps = a.sgld_refine_steps;
@@ -65,22 +107,19 @@ pub(crate) fn eval_accuracy(a: AccuracyArgs, device: &jem::Device) -> Result<()>
     let r = accuracy(
         &run.model,
         &data,
-        a.batch_size,
+        a.data.batch_size,
         refine.as_ref(),
         &mut Rng::new(0, 3),
     )?;
-    if a.json {
-        let mut v = serde_json::to_value(&r)?;
-        v["split"] = serde_json::json!(match split {
-            Split::Test => "test",
-            _ => "valid",
-        });
-        v["step"] = serde_json::json!(run.state.step);
-        println!("{v}");
+    if a.data.json {
+        println!(
+            "{}",
+            merge(a.data.header(&run, &data), serde_json::to_value(&r)?)
+        );
     } else {
         println!(
             "{}: step {}, {} images, accuracy {:.4}, nll {:.4}{}",
-            a.run.display(),
+            a.data.run.display(),
             run.state.step,
             r.n,
             r.accuracy,
@@ -90,6 +129,168 @@ pub(crate) fn eval_accuracy(a: AccuracyArgs, device: &jem::Device) -> Result<()>
             } else {
                 String::new()
             }
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub(crate) struct CalibrationArgs {
+    #[command(flatten)]
+    data: EvalData,
+    /// Number of equal-width confidence bins.
+    #[arg(long, default_value_t = 20)]
+    bins: usize,
+}
+
+pub(crate) fn eval_calibration(a: CalibrationArgs, device: &jem::Device) -> Result<()> {
+    if a.bins == 0 {
+        bail!("--bins must be positive");
+    }
+    let (run, data) = a.data.load(device)?;
+    let c = evaluate_calibration(&run.model, &data, a.bins, a.data.batch_size)?;
+    if a.data.json {
+        println!(
+            "{}",
+            merge(a.data.header(&run, &data), serde_json::to_value(&c)?)
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: step {}, {} images: ECE {:.4}, MCE {:.4}, NLL {:.4}, Brier {:.4}, accuracy {:.4}",
+        a.data.run.display(),
+        run.state.step,
+        c.n,
+        c.ece,
+        c.mce,
+        c.nll,
+        c.brier,
+        c.accuracy
+    );
+    println!(
+        "{:>13} {:>7} {:>10} {:>9}",
+        "confidence", "count", "mean conf", "accuracy"
+    );
+    for b in c.bins.iter().filter(|b| b.count > 0) {
+        println!(
+            "  ({:.2}, {:.2}] {:>7} {:>10.4} {:>9.4}",
+            b.lo, b.hi, b.count, b.confidence, b.accuracy
+        );
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum OodArg {
+    Mnist,
+    FashionMnist,
+    Cifar10,
+    Cifar100,
+    Uniform,
+    Gaussian,
+    Constant,
+    Vflip,
+    Invert,
+    Shuffle,
+    Interp,
+}
+
+impl From<OodArg> for OodSet {
+    fn from(a: OodArg) -> Self {
+        match a {
+            OodArg::Mnist => OodSet::Dataset(DatasetKind::Mnist),
+            OodArg::FashionMnist => OodSet::Dataset(DatasetKind::FashionMnist),
+            OodArg::Cifar10 => OodSet::Dataset(DatasetKind::Cifar10),
+            OodArg::Cifar100 => OodSet::Dataset(DatasetKind::Cifar100),
+            OodArg::Uniform => OodSet::Uniform,
+            OodArg::Gaussian => OodSet::Gaussian,
+            OodArg::Constant => OodSet::Constant,
+            OodArg::Vflip => OodSet::Vflip,
+            OodArg::Invert => OodSet::Invert,
+            OodArg::Shuffle => OodSet::Shuffle,
+            OodArg::Interp => OodSet::Interp,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum ScoreArg {
+    Logp,
+    Py,
+    Pxgrad,
+    EnergyT,
+}
+
+#[derive(Args)]
+pub(crate) struct OodArgs {
+    #[command(flatten)]
+    data: EvalData,
+    /// OOD sets, comma-separated. Data sets are read from their default directories.
+    #[arg(long, value_enum, value_delimiter = ',', required = true)]
+    ood: Vec<OodArg>,
+    /// Scores, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "logp,py,pxgrad,energy-t"
+    )]
+    scores: Vec<ScoreArg>,
+    /// Directory of the data-set OOD sets' files (default: each set's default directory).
+    #[arg(long)]
+    ood_dir: Option<PathBuf>,
+    /// Temperature of the energy-t score.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Seed of the generated sets.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
+    if !(a.temperature.is_finite() && a.temperature > 0.0) {
+        bail!("--temperature must be positive");
+    }
+    let (run, data) = a.data.load(device)?;
+    let sets: Vec<OodSet> = a.ood.iter().map(|&s| s.into()).collect();
+    let scores: Vec<Score> = a
+        .scores
+        .iter()
+        .map(|s| match s {
+            ScoreArg::Logp => Score::Logp,
+            ScoreArg::Py => Score::Py,
+            ScoreArg::Pxgrad => Score::Pxgrad,
+            ScoreArg::EnergyT => Score::EnergyT(a.temperature),
+        })
+        .collect();
+    let rows = evaluate_ood(
+        &run.model,
+        &data,
+        &sets,
+        a.ood_dir.as_deref(),
+        &scores,
+        a.data.batch_size,
+        &mut Rng::new(a.seed, 5),
+    )?;
+    if a.data.json {
+        let body = serde_json::json!({ "rows": rows });
+        println!("{}", merge(a.data.header(&run, &data), body));
+        return Ok(());
+    }
+    println!(
+        "{}: step {}, {} in-distribution images",
+        a.data.run.display(),
+        run.state.step,
+        data.len()
+    );
+    println!(
+        "{:<12} {:<14} {:>7} {:>8} {:>9} {:>7}",
+        "score", "ood set", "AUROC", "AUPR-in", "AUPR-out", "FPR95"
+    );
+    for r in &rows {
+        println!(
+            "{:<12} {:<14} {:>7.4} {:>8.4} {:>9.4} {:>7.4}",
+            r.score, r.set, r.auroc, r.aupr_in, r.aupr_out, r.fpr95
         );
     }
     Ok(())

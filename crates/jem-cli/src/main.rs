@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use jem::config::TrainConfig;
 
 use bench_cmd::{BenchArgs, bench};
-use eval_cmd::{EvalCommand, eval_accuracy};
+use eval_cmd::{EvalCommand, eval_accuracy, eval_calibration, eval_ood};
 use sample_cmd::{SampleArgs, sample};
 use train_cmd::{TrainArgs, train};
 
@@ -72,6 +72,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train(*a, &device),
         Command::Eval(EvalCommand::Accuracy(a)) => eval_accuracy(a, &device),
+        Command::Eval(EvalCommand::Calibration(a)) => eval_calibration(a, &device),
+        Command::Eval(EvalCommand::Ood(a)) => eval_ood(a, &device),
         Command::Sample(a) => sample(a, &device),
         Command::Bench(a) => bench(a, &device, threads),
         Command::Config => {

@@ -111,6 +111,53 @@ fn train_resume_eval_sample_bench() {
         (Some(32), Some(2))
     );
 
+    let o = jem(&[
+        "eval",
+        "calibration",
+        "--run",
+        run.to_str().unwrap(),
+        "--bins",
+        "10",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((0.0..=1.0).contains(&v["ece"].as_f64().unwrap()));
+    assert_eq!(v["bins"].as_array().unwrap().len(), 10);
+    let o = jem(&[
+        "eval",
+        "ood",
+        "--run",
+        run.to_str().unwrap(),
+        "--ood",
+        "uniform,vflip,interp",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 12);
+    assert!(rows.iter().all(|r| {
+        r["auroc"]
+            .as_f64()
+            .is_some_and(|a| (0.0..=1.0).contains(&a))
+    }));
+    let o = jem(&[
+        "eval",
+        "ood",
+        "--run",
+        run.to_str().unwrap(),
+        "--ood",
+        "cifar10",
+        "--ood-dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("test_batch.bin"),
+        "{}",
+        text(&o)
+    );
+
     for (name, extra) in [
         ("uncond.png", vec![]),
         (

@@ -1,5 +1,9 @@
-//! Evaluations of a trained run, one file per evaluation.
+//! Evaluations of a trained run, one file per evaluation; [`metrics`] holds the plain-array
+//! metrics they share.
 
 pub mod accuracy;
+pub mod calibration;
+pub mod metrics;
+pub mod ood;
 pub mod run;
 pub mod samples;

@@ -1,0 +1,254 @@
+//! Out-of-distribution detection: per-image scores of how in-distribution an input looks,
+//! out-of-distribution sets (other data sets and generated ones), and AUROC / AUPR / FPR95
+//! for every (score, set) pair.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, DatasetKind, load_files};
+use crate::energy::{Target, input_grad, logsumexp};
+use crate::eval::accuracy::model_device;
+use crate::eval::metrics::{aupr, auroc, fpr_at_tpr};
+use crate::model::Classifier;
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// A score; higher means "more in-distribution".
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Score {
+    /// `logsumexp_y f(x)[y]`: unnormalised `log p(x)`.
+    Logp,
+    /// `max_y p(y|x)`.
+    Py,
+    /// `-|| d log p(x) / dx ||_2`, the paper's approximate mass.
+    Pxgrad,
+    /// Temperature-scaled energy `T * logsumexp(f(x) / T)` (Liu et al. 2020).
+    EnergyT(f32),
+}
+
+impl Score {
+    /// Name used in tables and JSON.
+    pub fn name(&self) -> String {
+        match self {
+            Score::Logp => "logp".into(),
+            Score::Py => "py".into(),
+            Score::Pxgrad => "pxgrad".into(),
+            Score::EnergyT(t) => format!("energy-t{t}"),
+        }
+    }
+}
+
+/// An out-of-distribution set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OodSet {
+    /// The test split of another data set, read from its default directory.
+    Dataset(DatasetKind),
+    /// Uniform noise in `[-1, 1]`.
+    Uniform,
+    /// Standard Gaussian noise clipped to `[-1, 1]`.
+    Gaussian,
+    /// Constant images, one uniform value each.
+    Constant,
+    /// The in-distribution test images flipped vertically.
+    Vflip,
+    /// The in-distribution test images inverted (`-x`).
+    Invert,
+    /// The in-distribution test images with their pixels randomly permuted.
+    Shuffle,
+    /// Midpoints of random pairs of in-distribution test images (the paper's interp sets).
+    Interp,
+}
+
+impl OodSet {
+    /// Name used in tables and JSON.
+    pub fn name(&self) -> String {
+        match self {
+            OodSet::Dataset(DatasetKind::FashionMnist) => "fashion-mnist".into(),
+            OodSet::Dataset(DatasetKind::Mnist) => "mnist".into(),
+            OodSet::Dataset(DatasetKind::Cifar10) => "cifar10".into(),
+            OodSet::Dataset(DatasetKind::Cifar100) => "cifar100".into(),
+            OodSet::Uniform => "uniform".into(),
+            OodSet::Gaussian => "gaussian".into(),
+            OodSet::Constant => "constant".into(),
+            OodSet::Vflip => "vflip".into(),
+            OodSet::Invert => "invert".into(),
+            OodSet::Shuffle => "shuffle".into(),
+            OodSet::Interp => "interp".into(),
+        }
+    }
+}
+
+/// Images of `set`, shaped like `inside` (`[n, c, h, w]`, as many as `inside` holds for the
+/// generated sets). A data set is read from `dir` (default: its default directory); one of
+/// another image shape is an error, not a silent resize.
+pub fn ood_images(
+    set: OodSet,
+    inside: &Dataset,
+    dir: Option<&Path>,
+    rng: &mut Rng,
+) -> Result<Vec<f32>> {
+    let [c, h, w] = inside.shape;
+    let len = inside.image_len();
+    let n = inside.len();
+    let mut out = vec![0.0f32; n * len];
+    match set {
+        OodSet::Dataset(kind) => {
+            let other = load_files(kind, dir, true)?;
+            if other.shape != inside.shape {
+                return Err(Error::Shape(format!(
+                    "OOD set {} has images of {:?}, the model takes {:?}",
+                    set.name(),
+                    other.shape,
+                    inside.shape
+                )));
+            }
+            return Ok(other.images);
+        }
+        OodSet::Uniform => rng.fill_uniform(&mut out, -1.0, 1.0),
+        OodSet::Gaussian => {
+            rng.fill_normal(&mut out, 1.0);
+            out.iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
+        }
+        OodSet::Constant => {
+            for img in out.chunks_exact_mut(len) {
+                img.fill(rng.uniform_in(-1.0, 1.0));
+            }
+        }
+        OodSet::Vflip => {
+            for (i, img) in out.chunks_exact_mut(len).enumerate() {
+                let src = inside.image(i);
+                for ch in 0..c {
+                    for y in 0..h {
+                        let (d, s) = ((ch * h + y) * w, (ch * h + h - 1 - y) * w);
+                        img[d..d + w].copy_from_slice(&src[s..s + w]);
+                    }
+                }
+            }
+        }
+        OodSet::Invert => out
+            .iter_mut()
+            .zip(&inside.images)
+            .for_each(|(o, &v)| *o = -v),
+        OodSet::Shuffle => {
+            for (i, img) in out.chunks_exact_mut(len).enumerate() {
+                let src = inside.image(i);
+                for (o, p) in img.iter_mut().zip(rng.permutation(len)) {
+                    *o = src[p];
+                }
+            }
+        }
+        OodSet::Interp => {
+            for img in out.chunks_exact_mut(len) {
+                let a = rng.below(n);
+                let b = (a + 1 + rng.below(n.max(2) - 1)) % n;
+                for ((o, &x), &y) in img.iter_mut().zip(inside.image(a)).zip(inside.image(b)) {
+                    *o = 0.5 * (x + y);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every score of every image in `images` (`[n, c, h, w]`), as `scores.len()` vectors.
+pub fn score_images(
+    model: &Classifier,
+    images: &[f32],
+    shape: [usize; 3],
+    scores: &[Score],
+    batch_size: usize,
+) -> Vec<Vec<f64>> {
+    let device = model_device(model).inner();
+    let plain = model.valid();
+    let len: usize = shape.iter().product();
+    let n = images.len() / len;
+    let mut out = vec![Vec::with_capacity(n); scores.len()];
+    for start in (0..n).step_by(batch_size.max(1)) {
+        let end = (start + batch_size).min(n);
+        let b = end - start;
+        let [c, h, w] = shape;
+        let x = Tensor::<4>::from_data(
+            TensorData::new(images[start * len..end * len].to_vec(), [b, c, h, w]),
+            &device,
+        ); // [b, c, h, w]
+        let logits = plain.forward(x.clone()); // [b, k]
+        for (s, col) in scores.iter().zip(out.iter_mut()) {
+            let v: Tensor<1> = match s {
+                Score::Logp => logsumexp(logits.clone()),
+                Score::Py => burn::tensor::activation::softmax(logits.clone(), 1)
+                    .max_dim(1)
+                    .squeeze_dim(1),
+                Score::EnergyT(t) => logsumexp(logits.clone().div_scalar(*t)).mul_scalar(*t),
+                Score::Pxgrad => {
+                    let (g, _) = input_grad(model, x.clone(), &Target::Marginal); // [b, c, h, w]
+                    g.reshape([b, len])
+                        .powi_scalar(2)
+                        .sum_dim(1)
+                        .sqrt()
+                        .neg()
+                        .squeeze_dim(1)
+                }
+            }; // [b]
+            let vals: Vec<f32> = v.into_data().try_to_vec::<f32>().expect("f32 scores");
+            col.extend(vals.into_iter().map(f64::from));
+        }
+    }
+    out
+}
+
+/// One row of the OOD table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OodRow {
+    /// Score name.
+    pub score: String,
+    /// OOD set name.
+    pub set: String,
+    /// AUROC, in-distribution as the positive class.
+    pub auroc: f64,
+    /// AUPR with in-distribution positive.
+    pub aupr_in: f64,
+    /// AUPR with out-of-distribution positive (scores negated).
+    pub aupr_out: f64,
+    /// False-positive rate (OOD taken for in-distribution) at 95% true-positive rate.
+    pub fpr95: f64,
+    /// OOD images scored.
+    pub n_ood: usize,
+}
+
+/// Score `inside` and every set in `sets`, and tabulate each (score, set) pair. Data-set
+/// OOD sets are read from `dir` when given (see [`ood_images`]).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_ood(
+    model: &Classifier,
+    inside: &Dataset,
+    sets: &[OodSet],
+    dir: Option<&Path>,
+    scores: &[Score],
+    batch_size: usize,
+    rng: &mut Rng,
+) -> Result<Vec<OodRow>> {
+    let ins = score_images(model, &inside.images, inside.shape, scores, batch_size);
+    let mut rows = Vec::new();
+    for &set in sets {
+        let images = ood_images(set, inside, dir, rng)?;
+        let outs = score_images(model, &images, inside.shape, scores, batch_size);
+        for ((s, pos), neg) in scores.iter().zip(&ins).zip(&outs) {
+            let neg_pos: Vec<f64> = neg.iter().map(|v| -v).collect();
+            let pos_neg: Vec<f64> = pos.iter().map(|v| -v).collect();
+            rows.push(OodRow {
+                score: s.name(),
+                set: set.name(),
+                auroc: auroc(pos, neg),
+                aupr_in: aupr(pos, neg),
+                aupr_out: aupr(&neg_pos, &pos_neg),
+                fpr95: fpr_at_tpr(pos, neg, 0.95),
+                n_ood: neg.len(),
+            });
+        }
+    }
+    Ok(rows)
+}
