@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use jem::data::{Dataset, DatasetKind, Split};
 use jem::eval::accuracy::accuracy;
+use jem::eval::attack::{AttackConfig, Defence, Norm, attack};
 use jem::eval::calibration::evaluate_calibration;
 use jem::eval::ood::{OodSet, Score, evaluate_ood};
 use jem::eval::run::Run;
@@ -19,6 +20,8 @@ pub(crate) enum EvalCommand {
     Calibration(CalibrationArgs),
     /// Out-of-distribution detection: AUROC, AUPR-in/out and FPR at 95% TPR per score and set.
     Ood(OodArgs),
+    /// PGD attack (L-inf or L2), optionally against the SGLD-refinement defence.
+    Attack(AttackArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -291,6 +294,115 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
         println!(
             "{:<12} {:<14} {:>7.4} {:>8.4} {:>9.4} {:>7.4}",
             r.score, r.set, r.auroc, r.aupr_in, r.aupr_out, r.fpr95
+        );
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum NormArg {
+    Linf,
+    L2,
+}
+
+#[derive(Args)]
+pub(crate) struct AttackArgs {
+    #[command(flatten)]
+    data: EvalData,
+    /// Threat model.
+    #[arg(long, value_enum, default_value = "linf")]
+    norm: NormArg,
+    /// Radii, comma-separated, in [0, 1] pixel units (e.g. 0,0.0078,0.0314).
+    #[arg(long, value_delimiter = ',', default_value = "0,0.0078431,0.0313725")]
+    eps: Vec<f32>,
+    /// PGD steps.
+    #[arg(long, default_value_t = 40)]
+    steps: usize,
+    /// Step size as a fraction of epsilon (default 2.5 / steps).
+    #[arg(long)]
+    step_fraction: Option<f32>,
+    /// Random restarts.
+    #[arg(long, default_value_t = 1)]
+    restarts: usize,
+    /// SGLD refinement steps of the defence (0: plain classifier; the paper uses 0, 1, 10).
+    #[arg(long, default_value_t = 0)]
+    refine_steps: usize,
+    /// Noisy chains averaged by the defence.
+    #[arg(long, default_value_t = 5)]
+    chains: usize,
+    /// Noise the defence's chains start with.
+    #[arg(long, default_value_t = 0.03)]
+    refine_noise: f32,
+    /// Seed of the attack and the defence.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub(crate) fn eval_attack(a: AttackArgs, device: &jem::Device) -> Result<()> {
+    if a.steps == 0 || a.restarts == 0 || a.chains == 0 {
+        bail!("--steps, --restarts and --chains must be positive");
+    }
+    if !(a.refine_noise.is_finite() && a.refine_noise >= 0.0) {
+        bail!("--refine-noise must be non-negative");
+    }
+    let (run, data) = a.data.load(device)?;
+    let cfg = AttackConfig {
+        norm: match a.norm {
+            NormArg::Linf => Norm::Linf,
+            NormArg::L2 => Norm::L2,
+        },
+        eps: a.eps.clone(),
+        steps: a.steps,
+        step_fraction: a.step_fraction,
+        restarts: a.restarts,
+        random_start: true,
+    };
+    let mut sgld = run.config.sgld.clone();
+    sgld.steps = a.refine_steps;
+    let defence = Defence {
+        sgld,
+        chains: a.chains,
+        start_noise: a.refine_noise,
+    };
+    let r = attack(
+        &run.model,
+        &data,
+        &cfg,
+        &defence,
+        a.data.batch_size,
+        &mut Rng::new(a.seed, 6),
+    )?;
+    if a.data.json {
+        let mut body = serde_json::to_value(&r)?;
+        body["robust_accuracy"] = serde_json::json!(
+            r.results
+                .iter()
+                .map(|e| e.robust_accuracy)
+                .collect::<Vec<_>>()
+        );
+        body["refine_steps"] = serde_json::json!(a.refine_steps);
+        println!("{}", merge(a.data.header(&run, &data), body));
+        return Ok(());
+    }
+    println!(
+        "{}: step {}, {} images, clean accuracy {:.4}; PGD {:?}, {} steps; refinement {} SGLD steps x {} chains",
+        a.data.run.display(),
+        run.state.step,
+        r.n,
+        r.clean_accuracy,
+        cfg.norm,
+        a.steps,
+        a.refine_steps,
+        if a.refine_steps > 0 { a.chains } else { 1 }
+    );
+    println!(
+        "{:>10} {:>16} {:>13}",
+        "eps", "robust accuracy", "success rate"
+    );
+    for e in &r.results {
+        println!(
+            "{:>10.5} {:>16.4} {:>13.4}",
+            e.eps, e.robust_accuracy, e.success_rate
         );
     }
     Ok(())

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use jem::config::TrainConfig;
 
 use bench_cmd::{BenchArgs, bench};
-use eval_cmd::{EvalCommand, eval_accuracy, eval_calibration, eval_ood};
+use eval_cmd::{EvalCommand, eval_accuracy, eval_attack, eval_calibration, eval_ood};
 use sample_cmd::{SampleArgs, sample};
 use train_cmd::{TrainArgs, train};
 
@@ -74,6 +74,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(EvalCommand::Accuracy(a)) => eval_accuracy(a, &device),
         Command::Eval(EvalCommand::Calibration(a)) => eval_calibration(a, &device),
         Command::Eval(EvalCommand::Ood(a)) => eval_ood(a, &device),
+        Command::Eval(EvalCommand::Attack(a)) => eval_attack(a, &device),
         Command::Sample(a) => sample(a, &device),
         Command::Bench(a) => bench(a, &device, threads),
         Command::Config => {

@@ -158,6 +158,31 @@ fn train_resume_eval_sample_bench() {
         text(&o)
     );
 
+    let o = jem(&[
+        "eval",
+        "attack",
+        "--run",
+        run.to_str().unwrap(),
+        "--norm",
+        "l2",
+        "--eps",
+        "0,0.5",
+        "--steps",
+        "3",
+        "--limit",
+        "16",
+        "--refine-steps",
+        "1",
+        "--chains",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ra = v["robust_accuracy"].as_array().unwrap();
+    assert_eq!(ra.len(), 2);
+    assert_eq!(ra[0].as_f64(), v["clean_accuracy"].as_f64());
+
     for (name, extra) in [
         ("uncond.png", vec![]),
         (

@@ -150,3 +150,166 @@ fn a_trained_model_is_calibrated_somewhat_and_tells_noise_from_data() {
         s[0][0]
     );
 }
+
+mod attack {
+    use super::*;
+    use jem::eval::accuracy::accuracy;
+    use jem::eval::attack::{
+        AttackConfig, Defence, Norm, attack, defended_probs, loss_grad, pgd_step,
+    };
+    use jem::sgld::SgldConfig;
+
+    fn t(v: Vec<f32>, dims: [usize; 4]) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(v, dims), &Device::flex())
+    }
+    fn vals(x: Tensor<4>) -> Vec<f32> {
+        x.into_data().try_to_vec::<f32>().unwrap()
+    }
+    fn plain() -> Defence {
+        Defence {
+            sgld: SgldConfig {
+                steps: 0,
+                ..SgldConfig::default()
+            },
+            chains: 5,
+            start_noise: 0.03,
+        }
+    }
+
+    #[test]
+    fn pgd_steps_follow_known_gradients_and_stay_in_the_ball() {
+        let x0 = t(vec![0.0, 0.5, 0.99, -0.2], [1, 1, 2, 2]);
+        let g = t(vec![3.0, -0.1, 2.0, 0.0], [1, 1, 2, 2]);
+        // L-inf: alpha * sign(g), clipped to the eps ball and to [-1, 1].
+        let x = vals(pgd_step(x0.clone(), g.clone(), &x0, Norm::Linf, 0.1, 0.05));
+        let want = [0.05, 0.45, 1.0, -0.2];
+        for (a, b) in x.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{x:?}");
+        }
+        let x = vals(pgd_step(x0.clone(), g.clone(), &x0, Norm::Linf, 0.02, 0.05));
+        assert!((x[0] - 0.02).abs() < 1e-6 && (x[1] - 0.48).abs() < 1e-6);
+        // L2: alpha along g / |g|; a step longer than eps is pulled back onto the sphere.
+        let x0 = t(vec![0.0; 4], [1, 1, 2, 2]);
+        let g = t(vec![3.0, 4.0, 0.0, 0.0], [1, 1, 2, 2]);
+        let x = vals(pgd_step(x0.clone(), g.clone(), &x0, Norm::L2, 1.0, 0.5));
+        assert!((x[0] - 0.3).abs() < 1e-6 && (x[1] - 0.4).abs() < 1e-6);
+        let x = vals(pgd_step(x0.clone(), g, &x0, Norm::L2, 0.25, 0.5));
+        let n = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((n - 0.25).abs() < 1e-5, "{x:?}");
+    }
+
+    #[test]
+    fn zero_refinement_is_plain_classification_and_its_gradient_is_exact() {
+        let (tr, te) = synthetic();
+        let model = trained(&tr);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(te.images[..4 * 784].to_vec(), [4, 1, 28, 28]),
+            &Device::flex(),
+        );
+        let p = vals4(defended_probs(&model, &x, &plain(), &mut Rng::new(0, 0)));
+        let q = vals4(burn::tensor::activation::softmax(
+            model.valid().forward(x.clone()),
+            1,
+        ));
+        assert_eq!(p, q);
+        // The attack gradient against finite differences of the summed cross-entropy.
+        let ys: Vec<usize> = te.labels[..4].iter().map(|&y| y as usize).collect();
+        let g = vals(loss_grad(
+            &model,
+            &x,
+            &ys,
+            10,
+            &plain(),
+            &mut Rng::new(0, 0),
+        ));
+        let xs = te.images[..4 * 784].to_vec();
+        let ce = |v: &[f32]| -> f64 {
+            let xt = Tensor::<4>::from_data(
+                TensorData::new(v.to_vec(), [4, 1, 28, 28]),
+                &Device::flex(),
+            );
+            let oh = jem::energy::one_hot(&ys, 10, &Device::flex());
+            jem::energy::cross_entropy(model.valid().forward(xt), oh).into_scalar::<f32>() as f64
+                * 4.0
+        };
+        let mut bad = 0;
+        let idx: Vec<usize> = (0..xs.len()).step_by(211).collect();
+        for &i in &idx {
+            let (mut a, mut b) = (xs.clone(), xs.clone());
+            a[i] += 1e-2;
+            b[i] -= 1e-2;
+            let fd = (ce(&a) - ce(&b)) / 2e-2;
+            // The f32 loss resolves differences of about 2e-4 here: an absolute floor of 1e-3.
+            if (fd - g[i] as f64).abs() > (0.05 * fd.abs().max(g[i].abs() as f64)).max(1e-3) {
+                bad += 1;
+            }
+        }
+        assert!(
+            bad * 10 <= idx.len(),
+            "{bad} of {} coordinates disagree",
+            idx.len()
+        );
+    }
+
+    fn vals4(x: Tensor<2>) -> Vec<f32> {
+        x.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn robust_accuracy_starts_at_clean_accuracy_and_falls_with_epsilon() {
+        let (tr, te) = synthetic();
+        let model = trained(&tr);
+        let idx: Vec<usize> = (0..60).collect();
+        let te = te.subset(&idx);
+        let clean = accuracy(&model, &te, 64, None, &mut Rng::new(0, 0))
+            .unwrap()
+            .accuracy;
+        let cfg = AttackConfig {
+            eps: vec![0.0, 0.01, 0.3],
+            steps: 10,
+            ..AttackConfig::default()
+        };
+        let r = attack(&model, &te, &cfg, &plain(), 32, &mut Rng::new(1, 0)).unwrap();
+        assert_eq!(r.clean_accuracy, clean);
+        assert_eq!(r.results[0].robust_accuracy, clean);
+        assert_eq!(r.results[0].success_rate, 0.0);
+        let acc: Vec<f64> = r.results.iter().map(|e| e.robust_accuracy).collect();
+        assert!(acc[1] <= acc[0] && acc[2] <= acc[1], "{acc:?}");
+        assert!(
+            acc[2] < clean * 0.5,
+            "a 0.3 L-inf attack should break most images: {acc:?}"
+        );
+        // The defence runs end to end (1 refinement step, 2 chains) and reports sane numbers.
+        let defence = Defence {
+            sgld: SgldConfig {
+                steps: 1,
+                ..SgldConfig::default()
+            },
+            chains: 2,
+            start_noise: 0.03,
+        };
+        let cfg = AttackConfig {
+            eps: vec![0.0, 0.05],
+            steps: 3,
+            norm: Norm::L2,
+            ..AttackConfig::default()
+        };
+        let r = attack(&model, &te, &cfg, &defence, 32, &mut Rng::new(2, 0)).unwrap();
+        assert_eq!(r.results[0].robust_accuracy, r.clean_accuracy);
+        assert!(r.results[1].robust_accuracy <= r.clean_accuracy);
+        assert!(
+            attack(
+                &model,
+                &te,
+                &AttackConfig {
+                    eps: vec![-1.0],
+                    ..cfg
+                },
+                &defence,
+                32,
+                &mut Rng::new(0, 0)
+            )
+            .is_err()
+        );
+    }
+}

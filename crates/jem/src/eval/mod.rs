@@ -2,6 +2,7 @@
 //! metrics they share.
 
 pub mod accuracy;
+pub mod attack;
 pub mod calibration;
 pub mod metrics;
 pub mod ood;
