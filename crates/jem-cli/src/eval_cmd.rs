@@ -22,6 +22,8 @@ pub(crate) enum EvalCommand {
     Ood(OodArgs),
     /// PGD attack (L-inf or L2), optionally against the SGLD-refinement defence.
     Attack(AttackArgs),
+    /// Sample quality: FID and Inception-style score in a classifier's features, diversity.
+    Samples(crate::sample_cmd::QualityArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]

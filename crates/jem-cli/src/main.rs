@@ -13,7 +13,7 @@ use jem::config::TrainConfig;
 
 use bench_cmd::{BenchArgs, bench};
 use eval_cmd::{EvalCommand, eval_accuracy, eval_attack, eval_calibration, eval_ood};
-use sample_cmd::{SampleArgs, sample};
+use sample_cmd::{SampleArgs, eval_samples, sample};
 use train_cmd::{TrainArgs, train};
 
 #[global_allocator]
@@ -75,6 +75,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(EvalCommand::Calibration(a)) => eval_calibration(a, &device),
         Command::Eval(EvalCommand::Ood(a)) => eval_ood(a, &device),
         Command::Eval(EvalCommand::Attack(a)) => eval_attack(a, &device),
+        Command::Eval(EvalCommand::Samples(a)) => eval_samples(a, &device),
         Command::Sample(a) => sample(a, &device),
         Command::Bench(a) => bench(a, &device, threads),
         Command::Config => {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use jem::eval::run::Run;
-use jem::eval::samples::{Classes, Start, draw_samples};
+use jem::eval::samples::{Classes, Start, draw_samples, sample_quality};
 use jem::rng::Rng;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -50,20 +50,12 @@ pub(crate) fn sample(a: SampleArgs, device: &jem::Device) -> Result<()> {
     if a.n == 0 {
         bail!("--n must be positive");
     }
-    let start = match a.from {
-        FromArg::Buffer => Start::Buffer,
-        FromArg::Noise => Start::Noise,
-    };
     let classes = match (a.class, a.per_class) {
         (Some(k), _) => Classes::One(k),
         (None, true) => Classes::All,
         (None, false) => Classes::Unconditional,
     };
-    let mut params = run.config.sgld.clone();
-    params.steps = a.steps.unwrap_or(match start {
-        Start::Buffer => 20,
-        Start::Noise => 200,
-    });
+    let (start, params) = chain_settings(&run, a.from, a.steps);
     let s = draw_samples(
         &run,
         a.n,
@@ -76,4 +68,112 @@ pub(crate) fn sample(a: SampleArgs, device: &jem::Device) -> Result<()> {
         .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("wrote {} samples to {}", s.n, a.out.display());
     Ok(())
+}
+
+#[derive(Args)]
+pub(crate) struct QualityArgs {
+    /// Run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// A trained classifier run (typically `--objective softmax`) whose penultimate features
+    /// define the FID and whose predictions define the Inception-style score.
+    #[arg(long)]
+    feature_run: PathBuf,
+    /// Unconditional samples for FID and the score.
+    #[arg(long, default_value_t = 1000)]
+    n: usize,
+    /// Conditional samples per class for the diversity.
+    #[arg(long, default_value_t = 50)]
+    per_class: usize,
+    /// Where chains start.
+    #[arg(long, value_enum, default_value = "buffer")]
+    from: FromArg,
+    /// SGLD steps (default: 20 from the buffer, 200 from noise).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Also write the unconditional samples as a PNG grid.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seed of the chains.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
+    if a.n < 2 || a.per_class < 2 {
+        bail!("--n and --per-class must be at least 2");
+    }
+    let run = Run::open(&a.run, device)?;
+    let feature_run = Run::open(&a.feature_run, device)?;
+    let (start, params) = chain_settings(&run, a.from, a.steps);
+    let (r, s) = sample_quality(
+        &run,
+        &feature_run,
+        a.n,
+        a.per_class,
+        start,
+        &params,
+        &mut Rng::new(a.seed, 7),
+    )?;
+    if let Some(out) = &a.out {
+        jem::image::save_grid(out, &s.images, s.n, run.shape(), s.cols, 2)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["run"] = serde_json::json!(a.run.display().to_string());
+        v["feature_run"] = serde_json::json!(a.feature_run.display().to_string());
+        v["steps"] = serde_json::json!(params.steps);
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "{}: {} samples ({} SGLD steps from {}), features of {}",
+        a.run.display(),
+        r.n,
+        params.steps,
+        match start {
+            Start::Buffer => "the buffer",
+            Start::Noise => "noise",
+        },
+        a.feature_run.display()
+    );
+    println!(
+        "  FID {:.3} (test half vs half: {:.3})",
+        r.fid, r.fid_test_halves
+    );
+    println!(
+        "  Inception-style score {:.3} (test images: {:.3})",
+        r.inception_score, r.inception_score_test
+    );
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|d| format!("{d:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("  diversity per class {}", fmt(&r.diversity));
+    println!("  test images         {}", fmt(&r.diversity_test));
+    Ok(())
+}
+
+/// Chain start and SGLD parameters from the flags.
+fn chain_settings(
+    run: &Run,
+    from: FromArg,
+    steps: Option<usize>,
+) -> (Start, jem::sgld::SgldConfig) {
+    let start = match from {
+        FromArg::Buffer => Start::Buffer,
+        FromArg::Noise => Start::Noise,
+    };
+    let mut params = run.config.sgld.clone();
+    params.steps = steps.unwrap_or(match start {
+        Start::Buffer => 20,
+        Start::Noise => 200,
+    });
+    (start, params)
 }

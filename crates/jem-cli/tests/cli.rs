@@ -183,6 +183,32 @@ fn train_resume_eval_sample_bench() {
     assert_eq!(ra.len(), 2);
     assert_eq!(ra[0].as_f64(), v["clean_accuracy"].as_f64());
 
+    let grid = tmp.path().join("q.png");
+    let o = jem(&[
+        "eval",
+        "samples",
+        "--run",
+        run.to_str().unwrap(),
+        "--feature-run",
+        run.to_str().unwrap(),
+        "--n",
+        "20",
+        "--per-class",
+        "3",
+        "--steps",
+        "2",
+        "--out",
+        grid.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["fid"].as_f64().unwrap() >= 0.0 && v["inception_score"].as_f64().unwrap() >= 1.0 - 1e-9
+    );
+    assert_eq!(v["diversity"].as_array().unwrap().len(), 10);
+    assert!(grid.exists());
+
     for (name, extra) in [
         ("uncond.png", vec![]),
         (

@@ -4,6 +4,7 @@
 pub mod accuracy;
 pub mod attack;
 pub mod calibration;
+pub mod fid;
 pub mod metrics;
 pub mod ood;
 pub mod run;

@@ -102,3 +102,107 @@ pub fn draw_samples(
         cols,
     })
 }
+
+/// Sample quality of a run, measured in the feature space of another run's classifier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QualityReport {
+    /// Fréchet distance between features of `n` samples and of `n` test images.
+    pub fid: f64,
+    /// The same distance between two halves of the test images: the floor to read `fid`
+    /// against.
+    pub fid_test_halves: f64,
+    /// Inception-style score of the samples under the feature run's classifier.
+    pub inception_score: f64,
+    /// The same score of the test images (its ceiling in practice).
+    pub inception_score_test: f64,
+    /// Mean pairwise pixel distance of class-conditional samples, per class.
+    pub diversity: Vec<f64>,
+    /// Mean pairwise pixel distance of test images, per class (the data's own spread).
+    pub diversity_test: Vec<f64>,
+    /// Samples used for FID and the score.
+    pub n: usize,
+}
+
+/// Penultimate features and class probabilities of `images` under `model`.
+fn features_and_probs(
+    model: &crate::model::Classifier,
+    images: &[f32],
+    shape: [usize; 3],
+) -> (Vec<f32>, Vec<f32>, usize) {
+    let device = crate::eval::accuracy::model_device(model).inner();
+    let plain = model.valid();
+    let len: usize = shape.iter().product();
+    let [c, h, w] = shape;
+    let (mut feats, mut probs, mut d) = (Vec::new(), Vec::new(), 0);
+    for chunk in images.chunks(256 * len) {
+        let b = chunk.len() / len;
+        let x = Tensor::<4>::from_data(TensorData::new(chunk.to_vec(), [b, c, h, w]), &device);
+        let f = plain.features(x.clone()); // [b, d]
+        d = f.dims()[1];
+        feats.extend(f.into_data().try_to_vec::<f32>().expect("f32"));
+        let p = burn::tensor::activation::softmax(plain.forward(x), 1); // [b, k]
+        probs.extend(p.into_data().try_to_vec::<f32>().expect("f32"));
+    }
+    (feats, probs, d)
+}
+
+/// Draw `n` unconditional samples and `per_class` samples of each class from `run`, and
+/// measure them against the run's test images in `feature_run`'s feature space.
+pub fn sample_quality(
+    run: &Run,
+    feature_run: &Run,
+    n: usize,
+    per_class: usize,
+    start: Start,
+    params: &SgldConfig,
+    rng: &mut Rng,
+) -> Result<(QualityReport, Samples)> {
+    if feature_run.shape() != run.shape() {
+        return Err(Error::Shape(format!(
+            "the feature run {} takes images of {:?}, the run's samples are {:?}",
+            feature_run.dir.display(),
+            feature_run.shape(),
+            run.shape()
+        )));
+    }
+    let test = run.data(crate::data::Split::Test)?;
+    let n = n.min(test.len());
+    if n < 2 {
+        return Err(Error::Shape(
+            "sample quality needs at least 2 images".into(),
+        ));
+    }
+    let shape = run.shape();
+    let k = feature_run.num_classes();
+    let samples = draw_samples(run, n, &Classes::Unconditional, start, params, rng)?;
+    let (fs, ps, d) = features_and_probs(&feature_run.model, &samples.images, shape);
+    let real = &test.images[..n * test.image_len()];
+    let (fr, pr, _) = features_and_probs(&feature_run.model, real, shape);
+    let half = (n / 2) * d;
+    let by_class = draw_samples(run, per_class.max(2), &Classes::All, start, params, rng)?;
+    let len = test.image_len();
+    let diversity = by_class
+        .images
+        .chunks(per_class.max(2) * len)
+        .map(|c| crate::eval::fid::mean_pairwise_distance(c, len))
+        .collect();
+    let diversity_test = (0..run.num_classes())
+        .map(|c| {
+            let idx: Vec<usize> = (0..test.len())
+                .filter(|&i| test.labels[i] as usize == c)
+                .take(per_class.max(2))
+                .collect();
+            crate::eval::fid::mean_pairwise_distance(&test.subset(&idx).images, len)
+        })
+        .collect();
+    let report = QualityReport {
+        fid: crate::eval::fid::fid(&fs, &fr, d),
+        fid_test_halves: crate::eval::fid::fid(&fr[..half], &fr[half..2 * half], d),
+        inception_score: crate::eval::fid::inception_score(&ps, k),
+        inception_score_test: crate::eval::fid::inception_score(&pr, k),
+        diversity,
+        diversity_test,
+        n,
+    };
+    Ok((report, samples))
+}
