@@ -86,6 +86,32 @@ impl EvalData {
     }
 }
 
+impl EvalData {
+    fn split_name(&self) -> &'static str {
+        match self.split {
+            SplitArg::Test => "test",
+            SplitArg::Valid => "valid",
+        }
+    }
+
+    /// Save the result as `RUN/eval/NAME.json` (for `jem report`) and print it with --json.
+    /// Returns whether it was printed (the caller then prints no table).
+    fn finish(
+        &self,
+        run: &Run,
+        data: &Dataset,
+        name: &str,
+        body: serde_json::Value,
+    ) -> Result<bool> {
+        let v = merge(self.header(run, data), body);
+        jem::eval::store::save_result(&self.run, &format!("{name}-{}", self.split_name()), &v)?;
+        if self.json {
+            println!("{v}");
+        }
+        Ok(self.json)
+    }
+}
+
 fn merge(mut head: serde_json::Value, body: serde_json::Value) -> serde_json::Value {
     if let (Some(h), serde_json::Value::Object(b)) = (head.as_object_mut(), body) {
         h.extend(b);
@@ -116,12 +142,14 @@ pub(crate) fn eval_accuracy(a: AccuracyArgs, device: &jem::Device) -> Result<()>
         refine.as_ref(),
         &mut Rng::new(0, 3),
     )?;
-    if a.data.json {
-        println!(
-            "{}",
-            merge(a.data.header(&run, &data), serde_json::to_value(&r)?)
-        );
-    } else {
+    let name = match a.sgld_refine_steps {
+        0 => "accuracy".to_string(),
+        n => format!("accuracy-refine{n}"),
+    };
+    if !a
+        .data
+        .finish(&run, &data, &name, serde_json::to_value(&r)?)?
+    {
         println!(
             "{}: step {}, {} images, accuracy {:.4}, nll {:.4}{}",
             a.data.run.display(),
@@ -154,11 +182,9 @@ pub(crate) fn eval_calibration(a: CalibrationArgs, device: &jem::Device) -> Resu
     }
     let (run, data) = a.data.load(device)?;
     let c = evaluate_calibration(&run.model, &data, a.bins, a.data.batch_size)?;
-    if a.data.json {
-        println!(
-            "{}",
-            merge(a.data.header(&run, &data), serde_json::to_value(&c)?)
-        );
+    if a.data
+        .finish(&run, &data, "calibration", serde_json::to_value(&c)?)?
+    {
         return Ok(());
     }
     println!(
@@ -277,9 +303,9 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
         a.data.batch_size,
         &mut Rng::new(a.seed, 5),
     )?;
-    if a.data.json {
-        let body = serde_json::json!({ "rows": rows });
-        println!("{}", merge(a.data.header(&run, &data), body));
+    if a.data
+        .finish(&run, &data, "ood", serde_json::json!({ "rows": rows }))?
+    {
         return Ok(());
     }
     println!(
@@ -374,7 +400,7 @@ pub(crate) fn eval_attack(a: AttackArgs, device: &jem::Device) -> Result<()> {
         a.data.batch_size,
         &mut Rng::new(a.seed, 6),
     )?;
-    if a.data.json {
+    {
         let mut body = serde_json::to_value(&r)?;
         body["robust_accuracy"] = serde_json::json!(
             r.results
@@ -383,8 +409,19 @@ pub(crate) fn eval_attack(a: AttackArgs, device: &jem::Device) -> Result<()> {
                 .collect::<Vec<_>>()
         );
         body["refine_steps"] = serde_json::json!(a.refine_steps);
-        println!("{}", merge(a.data.header(&run, &data), body));
-        return Ok(());
+        body["norm"] = serde_json::json!(cfg.norm);
+        body["steps"] = serde_json::json!(a.steps);
+        let name = format!(
+            "attack-{}-refine{}",
+            match cfg.norm {
+                Norm::Linf => "linf",
+                Norm::L2 => "l2",
+            },
+            a.refine_steps
+        );
+        if a.data.finish(&run, &data, &name, body)? {
+            return Ok(());
+        }
     }
     println!(
         "{}: step {}, {} images, clean accuracy {:.4}; PGD {:?}, {} steps; refinement {} SGLD steps x {} chains",

@@ -122,11 +122,17 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
         jem::image::save_grid(out, &s.images, s.n, run.shape(), s.cols, 2)
             .with_context(|| format!("writing {}", out.display()))?;
     }
+    let mut v = serde_json::to_value(&r)?;
+    v["run"] = serde_json::json!(a.run.display().to_string());
+    v["feature_run"] = serde_json::json!(a.feature_run.display().to_string());
+    v["steps"] = serde_json::json!(params.steps);
+    v["step"] = serde_json::json!(run.state.step);
+    jem::eval::store::save_result(&a.run, "samples", &v)?;
+    let grid = jem::eval::store::eval_dir(&a.run).join("samples.png");
+    let shown = s.n.min(100);
+    let len: usize = run.shape().iter().product();
+    jem::image::save_grid(&grid, &s.images[..shown * len], shown, run.shape(), 10, 2)?;
     if a.json {
-        let mut v = serde_json::to_value(&r)?;
-        v["run"] = serde_json::json!(a.run.display().to_string());
-        v["feature_run"] = serde_json::json!(a.feature_run.display().to_string());
-        v["steps"] = serde_json::json!(params.steps);
         println!("{v}");
         return Ok(());
     }

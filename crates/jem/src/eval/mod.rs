@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod ood;
 pub mod run;
 pub mod samples;
+pub mod store;
