@@ -2,7 +2,15 @@
 # The test command (README, .ci/run): installs the test data when it can, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+# Test data (Fashion-MNIST) and headless Chromium (renders `jem report` in a test).
+need=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${need[@]}"
+  else
+    echo "missing Debian packages: ${need[*]} (sudo apt-get install -y ${need[*]})" >&2
+  fi
 fi
 cargo test --release --workspace "$@"

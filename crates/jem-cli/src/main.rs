@@ -48,8 +48,23 @@ enum Command {
     Sample(SampleArgs),
     /// Time one SGLD step and one JEM iteration of the benchmark model at batch 64.
     Bench(BenchArgs),
+    /// Write one self-contained HTML report of a run (and a baseline beside it).
+    Report(ReportArgs),
     /// Print the default configuration as TOML (a starting point for --config).
     Config,
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Run directory.
+    #[arg(long)]
+    run: std::path::PathBuf,
+    /// A second run shown beside it.
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
+    /// Output HTML file.
+    #[arg(long)]
+    out: std::path::PathBuf,
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -78,6 +93,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(EvalCommand::Samples(a)) => eval_samples(a, &device),
         Command::Sample(a) => sample(a, &device),
         Command::Bench(a) => bench(a, &device, threads),
+        Command::Report(a) => {
+            let html = jem::report::render_report(&a.run, a.baseline.as_deref())?;
+            jem::checkpoint::write_atomic(&a.out, html.as_bytes())?;
+            eprintln!("wrote {}", a.out.display());
+            Ok(())
+        }
         Command::Config => {
             print!("{}", TrainConfig::default().to_toml());
             Ok(())

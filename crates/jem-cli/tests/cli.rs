@@ -19,6 +19,39 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The DOM of `html` after headless Chromium (Debian package `chromium`) has loaded it.
+fn chromium_dom(html: &Path) -> String {
+    let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|b| Path::new(b).exists())
+        .expect("headless Chromium is needed for the report test: apt-get install -y chromium (scripts/test.sh and .ci/run do)");
+    let profile = tempfile::tempdir().unwrap();
+    let o = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("chromium runs");
+    assert!(
+        o.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
 fn train_tiny(data: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "--threads",
@@ -208,6 +241,35 @@ fn train_resume_eval_sample_bench() {
     );
     assert_eq!(v["diversity"].as_array().unwrap().len(), 10);
     assert!(grid.exists());
+
+    // The report, rendered by a real browser: headless Chromium loads it and the tables are there.
+    let html = tmp.path().join("report.html");
+    let o = jem(&[
+        "report",
+        "--run",
+        run.to_str().unwrap(),
+        "--baseline",
+        run.to_str().unwrap(),
+        "--out",
+        html.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dom = chromium_dom(&html);
+    for id in [
+        "summary",
+        "eval-accuracy-test",
+        "eval-accuracy-refine2-valid",
+        "eval-calibration-test",
+        "eval-ood-test",
+        "eval-attack-l2-refine1-test",
+        "eval-samples",
+    ] {
+        assert!(
+            dom.contains(&format!("id=\"{id}\"")),
+            "table {id} missing from the rendered report"
+        );
+    }
+    assert!(dom.contains("<svg") && dom.contains("data:image/png;base64,"));
 
     for (name, extra) in [
         ("uncond.png", vec![]),

@@ -43,6 +43,7 @@ pub mod image;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod report;
 pub mod rng;
 pub mod sgld;
 pub mod step;

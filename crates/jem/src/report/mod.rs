@@ -1,0 +1,498 @@
+//! `jem report`: one self-contained HTML file per run (optionally beside a baseline run):
+//! the config, training curves from `metrics.jsonl`, and every evaluation saved in
+//! `RUN/eval/`, with figures embedded (SVG charts drawn here, PNG grids as data URIs).
+
+pub mod svg;
+
+use std::fmt::Write;
+use std::path::Path;
+
+use base64::Engine;
+use serde_json::Value;
+
+use crate::checkpoint::{files, load_config, load_state};
+use crate::eval::store::{eval_dir, load_results};
+use crate::{Error, Result};
+use svg::{Series, chart, escape};
+
+/// One run's material.
+struct RunData {
+    name: String,
+    step: u64,
+    config_text: String,
+    objective: String,
+    metrics: Vec<Value>,
+    results: Vec<(String, Value)>,
+    pngs: Vec<(String, Vec<u8>)>,
+}
+
+fn read_run(dir: &Path) -> Result<RunData> {
+    let cfg = load_config(dir)?;
+    let state = load_state(dir)?;
+    let metrics_path = dir.join(files::METRICS);
+    let metrics = std::fs::read_to_string(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let mut pngs = Vec::new();
+    for folder in [dir.to_path_buf(), eval_dir(dir)] {
+        if let Ok(entries) = std::fs::read_dir(&folder) {
+            let mut found: Vec<_> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "png"))
+                .collect();
+            found.sort();
+            for p in found {
+                let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+                pngs.push((
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .to_string(),
+                    bytes,
+                ));
+            }
+        }
+    }
+    Ok(RunData {
+        name: dir.display().to_string(),
+        step: state.step,
+        config_text: cfg.to_toml(),
+        objective: format!("{:?}", cfg.loss.objective).to_lowercase(),
+        metrics,
+        results: load_results(dir)?,
+        pngs,
+    })
+}
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+/// A number for a table: integers as integers, others with 4 decimals, missing as a dash.
+fn f4(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(x) if x.fract() == 0.0 && x.abs() < 1e9 && x.abs() > 1.0 || x == 0.0 => {
+            format!("{x:.0}")
+        }
+        Some(x) => format!("{x:.4}"),
+    }
+}
+
+fn series_of(metrics: &[Value], key: &str, filter: impl Fn(&Value) -> bool) -> Vec<(f64, f64)> {
+    metrics
+        .iter()
+        .filter(|m| filter(m))
+        .filter_map(|m| Some((num(m, "step")?, num(m, key)?)))
+        .collect()
+}
+
+fn curves(r: &RunData) -> String {
+    let steps = |m: &Value| m.get("event").is_none();
+    let valid = |m: &Value| m.get("event").and_then(Value::as_str) == Some("valid");
+    let mut o = String::from(r#"<div class="figs">"#);
+    o += &chart(
+        "Losses",
+        "step",
+        "value",
+        &[
+            Series::line("loss", "#1f77b4", series_of(&r.metrics, "loss", steps)),
+            Series::line(
+                "cross-entropy",
+                "#ff7f0e",
+                series_of(&r.metrics, "ce", steps),
+            ),
+        ],
+        None,
+    );
+    o += &chart(
+        "lse of data and samples (minus energy)",
+        "step",
+        "mean logsumexp f(x)",
+        &[
+            Series::line("data", "#2ca02c", series_of(&r.metrics, "lse_data", steps)),
+            Series::line(
+                "samples",
+                "#d62728",
+                series_of(&r.metrics, "lse_sample", steps),
+            ),
+        ],
+        None,
+    );
+    let mut v = Series::line(
+        "validation",
+        "#9467bd",
+        series_of(&r.metrics, "valid_acc", valid),
+    );
+    v.dots = true;
+    o += &chart(
+        "Accuracy",
+        "step",
+        "accuracy",
+        &[
+            Series::line("batch", "#8c564b", series_of(&r.metrics, "acc", steps)),
+            v,
+        ],
+        Some((0.0, 1.0)),
+    );
+    o += &chart(
+        "Learning rate",
+        "step",
+        "lr",
+        &[Series::line(
+            "lr",
+            "#7f7f7f",
+            series_of(&r.metrics, "lr", steps),
+        )],
+        None,
+    );
+    o += "</div>";
+    o
+}
+
+fn table(id: &str, head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut o = format!(r#"<table id="{}"><tr>"#, escape(id));
+    for h in head {
+        let _ = write!(o, "<th>{}</th>", escape(h));
+    }
+    o += "</tr>";
+    for r in rows {
+        o += "<tr>";
+        for c in r {
+            let _ = write!(o, "<td>{}</td>", escape(c));
+        }
+        o += "</tr>";
+    }
+    o + "</table>"
+}
+
+fn evaluation(name: &str, v: &Value) -> String {
+    let id = format!("eval-{name}");
+    let mut o = format!("<h3>{}</h3>", escape(name));
+    if let Some(n) = num(v, "n") {
+        let _ = write!(o, "<p>{} images, step {}</p>", n, f4(num(v, "step")));
+    }
+    if name.starts_with("accuracy") {
+        o += &table(
+            &id,
+            &["accuracy", "nll", "refinement steps"],
+            &[vec![
+                f4(num(v, "accuracy")),
+                f4(num(v, "nll")),
+                f4(num(v, "refine_steps")),
+            ]],
+        );
+    } else if name.starts_with("calibration") {
+        o += &table(
+            &id,
+            &["ECE", "MCE", "NLL", "Brier", "accuracy"],
+            &[["ece", "mce", "nll", "brier", "accuracy"]
+                .iter()
+                .map(|k| f4(num(v, k)))
+                .collect()],
+        );
+        let bins = v
+            .get("bins")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let width = bins
+            .first()
+            .and_then(|b| Some(num(b, "hi")? - num(b, "lo")?))
+            .unwrap_or(0.05);
+        let bars: Vec<(f64, f64)> = bins
+            .iter()
+            .filter(|b| num(b, "count").unwrap_or(0.0) > 0.0)
+            .filter_map(|b| Some(((num(b, "lo")? + num(b, "hi")?) / 2.0, num(b, "accuracy")?)))
+            .collect();
+        let total: f64 = bins
+            .iter()
+            .filter_map(|b| num(b, "count"))
+            .sum::<f64>()
+            .max(1.0);
+        let share: Vec<(f64, f64)> = bins
+            .iter()
+            .filter_map(|b| {
+                Some((
+                    (num(b, "lo")? + num(b, "hi")?) / 2.0,
+                    num(b, "count")? / total,
+                ))
+            })
+            .collect();
+        o += &chart(
+            "Reliability diagram",
+            "confidence",
+            "accuracy",
+            &[
+                Series {
+                    label: "accuracy per bin".into(),
+                    color: "#1f77b4",
+                    points: bars,
+                    bar_width: Some(width * 0.9),
+                    dots: false,
+                },
+                Series {
+                    label: "share of images".into(),
+                    color: "#ff7f0e",
+                    points: share,
+                    bar_width: Some(width * 0.4),
+                    dots: false,
+                },
+                Series::line("perfect calibration", "#333", vec![(0.0, 0.0), (1.0, 1.0)]),
+            ],
+            Some((0.0, 1.0)),
+        );
+    } else if name.starts_with("ood") {
+        let rows: Vec<Vec<String>> = v
+            .get("rows")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                vec![
+                    r.get("score")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    r.get("set")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    f4(num(r, "auroc")),
+                    f4(num(r, "aupr_in")),
+                    f4(num(r, "aupr_out")),
+                    f4(num(r, "fpr95")),
+                ]
+            })
+            .collect();
+        o += &table(
+            &id,
+            &["score", "OOD set", "AUROC", "AUPR-in", "AUPR-out", "FPR95"],
+            &rows,
+        );
+    } else if name.starts_with("attack") {
+        let res = v
+            .get("results")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let rows: Vec<Vec<String>> = res
+            .iter()
+            .map(|e| {
+                vec![
+                    format!("{:.5}", num(e, "eps").unwrap_or(f64::NAN)),
+                    f4(num(e, "robust_accuracy")),
+                    f4(num(e, "success_rate")),
+                ]
+            })
+            .collect();
+        let _ = write!(
+            o,
+            "<p>clean accuracy {}, {} steps, refinement {} SGLD steps</p>",
+            f4(num(v, "clean_accuracy")),
+            f4(num(v, "steps")),
+            f4(num(v, "refine_steps"))
+        );
+        o += &table(
+            &id,
+            &["epsilon", "robust accuracy", "attack success rate"],
+            &rows,
+        );
+        let mut s = Series::line(
+            "robust accuracy",
+            "#d62728",
+            res.iter()
+                .filter_map(|e| Some((num(e, "eps")?, num(e, "robust_accuracy")?)))
+                .collect(),
+        );
+        s.dots = true;
+        o += &chart(
+            "Robust accuracy",
+            "epsilon ([0, 1] pixel units)",
+            "accuracy",
+            &[s],
+            Some((0.0, 1.0)),
+        );
+    } else if name.starts_with("samples") {
+        o += &table(
+            &id,
+            &[
+                "FID",
+                "FID test halves",
+                "Inception-style score",
+                "score of test images",
+            ],
+            &[[
+                "fid",
+                "fid_test_halves",
+                "inception_score",
+                "inception_score_test",
+            ]
+            .iter()
+            .map(|k| f4(num(v, k)))
+            .collect()],
+        );
+        let div = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|x| f4(x.as_f64())).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        let (d, t) = (div("diversity"), div("diversity_test"));
+        let rows: Vec<Vec<String>> = d
+            .iter()
+            .zip(t.iter())
+            .enumerate()
+            .map(|(c, (a, b))| vec![c.to_string(), a.clone(), b.clone()])
+            .collect();
+        o += &table(
+            &format!("{id}-diversity"),
+            &["class", "sample diversity", "test-image diversity"],
+            &rows,
+        );
+        let _ = write!(
+            o,
+            "<p>Features of {}: not Inception-v3, comparable between runs evaluated with the same feature run.</p>",
+            escape(v.get("feature_run").and_then(Value::as_str).unwrap_or("?"))
+        );
+    } else {
+        let _ = write!(
+            o,
+            "<pre>{}</pre>",
+            escape(&serde_json::to_string_pretty(v).unwrap_or_default())
+        );
+    }
+    o
+}
+
+fn section(r: &RunData) -> String {
+    let mut o = format!(
+        "<section><h2>{}</h2><p>objective <b>{}</b>, step {}</p>",
+        escape(&r.name),
+        escape(&r.objective),
+        r.step
+    );
+    o += "<h3>Training</h3>";
+    o += &curves(r);
+    o += "<h3>Evaluations</h3>";
+    if r.results.is_empty() {
+        o += "<p>No evaluation has been run yet: see <code>jem eval --help</code>.</p>";
+    }
+    for (name, v) in &r.results {
+        o += &evaluation(name, v);
+    }
+    for (name, bytes) in &r.pngs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let _ = write!(
+            o,
+            r#"<figure><img alt="{0}" src="data:image/png;base64,{1}"/><figcaption>{0}</figcaption></figure>"#,
+            escape(name),
+            b64
+        );
+    }
+    let _ = write!(
+        o,
+        "<details><summary>config.toml</summary><pre>{}</pre></details></section>",
+        escape(&r.config_text)
+    );
+    o
+}
+
+fn summary(runs: &[RunData]) -> String {
+    let find = |r: &RunData, name: &str| {
+        r.results
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut rows: Vec<Vec<String>> = vec![
+        std::iter::once("step".to_string())
+            .chain(runs.iter().map(|r| r.step.to_string()))
+            .collect(),
+        std::iter::once("objective".to_string())
+            .chain(runs.iter().map(|r| r.objective.clone()))
+            .collect(),
+    ];
+    for (label, name, key) in [
+        ("test accuracy", "accuracy-test", "accuracy"),
+        ("test NLL", "accuracy-test", "nll"),
+        ("ECE", "calibration-test", "ece"),
+        ("FID", "samples", "fid"),
+    ] {
+        rows.push(
+            std::iter::once(label.to_string())
+                .chain(
+                    runs.iter()
+                        .map(|r| f4(find(r, name).and_then(|v| num(&v, key)))),
+                )
+                .collect(),
+        );
+    }
+    // Mean AUROC per score over the OOD sets.
+    let mut scores: Vec<String> = Vec::new();
+    for r in runs {
+        if let Some(v) = find(r, "ood-test") {
+            for row in v
+                .get("rows")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
+                let s = row
+                    .get("score")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                if !scores.contains(&s) {
+                    scores.push(s);
+                }
+            }
+        }
+    }
+    for s in &scores {
+        rows.push(
+            std::iter::once(format!("mean OOD AUROC ({s})"))
+                .chain(runs.iter().map(|r| {
+                    let v = find(r, "ood-test");
+                    let a: Vec<f64> = v
+                        .and_then(|v| v.get("rows").and_then(Value::as_array).cloned())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|x| x.get("score").and_then(Value::as_str) == Some(s))
+                        .filter_map(|x| num(x, "auroc"))
+                        .collect();
+                    f4((!a.is_empty()).then(|| a.iter().sum::<f64>() / a.len() as f64))
+                }))
+                .collect(),
+        );
+    }
+    let head: Vec<&str> = std::iter::once("")
+        .chain(runs.iter().map(|r| r.name.as_str()))
+        .collect();
+    table("summary", &head, &rows)
+}
+
+/// Render the report of `run` (beside `baseline`, when given) as one HTML document.
+pub fn render_report(run: &Path, baseline: Option<&Path>) -> Result<String> {
+    let mut runs = vec![read_run(run)?];
+    if let Some(b) = baseline {
+        runs.push(read_run(b)?);
+    }
+    let mut o = String::from(
+        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>jem report</title><style>
+body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}
+.cols{display:flex;gap:24px;align-items:flex-start}.cols>section{flex:1;min-width:0}.figs{display:flex;flex-wrap:wrap;gap:8px}figure{display:inline-block;margin:8px}img{image-rendering:pixelated;max-width:100%}pre{background:#f8f8f8;padding:8px;overflow:auto}
+</style></head><body><h1>jem report</h1>"#,
+    );
+    o += &summary(&runs);
+    o += r#"<div class="cols">"#;
+    for r in &runs {
+        o += &section(r);
+    }
+    o += "</div></body></html>\n";
+    Ok(o)
+}
