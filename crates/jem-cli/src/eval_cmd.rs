@@ -94,6 +94,16 @@ impl EvalData {
         }
     }
 
+    /// Render a figure to `RUN/eval/NAME.png` and say where it went (on stderr).
+    fn figure(&self, name: &str, svg: &str) -> Result<()> {
+        let png = jem::report::raster::svg_to_png(svg, 2.0)?;
+        let path = jem::eval::store::eval_dir(&self.run).join(format!("{name}.png"));
+        std::fs::create_dir_all(jem::eval::store::eval_dir(&self.run))?;
+        jem::checkpoint::write_atomic(&path, &png)?;
+        eprintln!("figure: {}", path.display());
+        Ok(())
+    }
+
     /// Save the result as `RUN/eval/NAME.json` (for `jem report`) and print it with --json.
     /// Returns whether it was printed (the caller then prints no table).
     fn finish(
@@ -182,9 +192,11 @@ pub(crate) fn eval_calibration(a: CalibrationArgs, device: &jem::Device) -> Resu
     }
     let (run, data) = a.data.load(device)?;
     let c = evaluate_calibration(&run.model, &data, a.bins, a.data.batch_size)?;
-    if a.data
-        .finish(&run, &data, "calibration", serde_json::to_value(&c)?)?
-    {
+    let body = serde_json::to_value(&c)?;
+    let fig = jem::report::figures::reliability(&body);
+    a.data
+        .figure(&format!("calibration-{}", a.data.split_name()), &fig)?;
+    if a.data.finish(&run, &data, "calibration", body)? {
         return Ok(());
     }
     println!(
@@ -294,7 +306,7 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
             ScoreArg::EnergyT => Score::EnergyT(a.temperature),
         })
         .collect();
-    let rows = evaluate_ood(
+    let report = evaluate_ood(
         &run.model,
         &data,
         &sets,
@@ -303,9 +315,15 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
         a.data.batch_size,
         &mut Rng::new(a.seed, 5),
     )?;
-    if a.data
-        .finish(&run, &data, "ood", serde_json::json!({ "rows": rows }))?
-    {
+    let body = serde_json::to_value(&report)?;
+    for h in body["histograms"].as_array().cloned().unwrap_or_default() {
+        let score = h["score"].as_str().unwrap_or("score").to_string();
+        let fig = jem::report::figures::ood_histogram(&h);
+        a.data
+            .figure(&format!("ood-{}-{score}", a.data.split_name()), &fig)?;
+    }
+    let rows = report.rows;
+    if a.data.finish(&run, &data, "ood", body)? {
         return Ok(());
     }
     println!(
@@ -419,6 +437,10 @@ pub(crate) fn eval_attack(a: AttackArgs, device: &jem::Device) -> Result<()> {
             },
             a.refine_steps
         );
+        a.data.figure(
+            &format!("{name}-{}", a.data.split_name()),
+            &jem::report::figures::attack_curve(&body),
+        )?;
         if a.data.finish(&run, &data, &name, body)? {
             return Ok(());
         }

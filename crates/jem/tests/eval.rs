@@ -100,7 +100,7 @@ fn a_trained_model_is_calibrated_somewhat_and_tells_noise_from_data() {
     assert_eq!(c.bins.iter().map(|b| b.count).sum::<usize>(), te.len());
 
     let scores = [Score::Logp, Score::Py, Score::Pxgrad, Score::EnergyT(1.0)];
-    let rows = evaluate_ood(
+    let report = evaluate_ood(
         &model,
         &te,
         &[OodSet::Uniform, OodSet::Invert],
@@ -110,6 +110,19 @@ fn a_trained_model_is_calibrated_somewhat_and_tells_noise_from_data() {
         &mut Rng::new(2, 0),
     )
     .unwrap();
+    assert_eq!(report.histograms.len(), 4);
+    for h in &report.histograms {
+        assert_eq!(h.edges.len(), 41);
+        assert_eq!(h.sets.len(), 2);
+        let width = h.edges[1] - h.edges[0];
+        let mass: f64 = h.inside.iter().map(|d| d * width).sum();
+        assert!(
+            (0.95..=1.0 + 1e-9).contains(&mass),
+            "{} in-dist mass {mass}",
+            h.score
+        );
+    }
+    let rows = report.rows;
     assert_eq!(rows.len(), 8);
     for r in &rows {
         assert!(

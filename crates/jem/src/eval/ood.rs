@@ -219,6 +219,75 @@ pub struct OodRow {
     pub n_ood: usize,
 }
 
+/// The density of one set's values of a score over shared bins.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetDensity {
+    /// OOD set name.
+    pub set: String,
+    /// Density per bin (integrates to the share of values inside the bins' range).
+    pub density: Vec<f64>,
+}
+
+/// Histograms of one score: in-distribution against every OOD set, on shared bins.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreHistogram {
+    /// Score name.
+    pub score: String,
+    /// Bin edges (`bins + 1`), spanning the 0.5% to 99.5% quantiles of all values.
+    pub edges: Vec<f64>,
+    /// In-distribution density.
+    pub inside: Vec<f64>,
+    /// One density per OOD set.
+    pub sets: Vec<SetDensity>,
+}
+
+/// The OOD table and the score histograms.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OodReport {
+    /// One row per (score, set).
+    pub rows: Vec<OodRow>,
+    /// One histogram per score.
+    pub histograms: Vec<ScoreHistogram>,
+}
+
+/// Density of `values` over `edges` (values outside are not counted).
+pub fn density(values: &[f64], edges: &[f64]) -> Vec<f64> {
+    let bins = edges.len().saturating_sub(1);
+    let mut counts = vec![0.0f64; bins];
+    if bins == 0 {
+        return counts;
+    }
+    let (lo, hi) = (edges[0], edges[bins]);
+    let width = (hi - lo) / bins as f64;
+    for &v in values {
+        if v.is_finite() && v >= lo && v <= hi && width > 0.0 {
+            counts[(((v - lo) / width) as usize).min(bins - 1)] += 1.0;
+        }
+    }
+    let n = values.len().max(1) as f64;
+    counts.iter().map(|c| c / (n * width.max(1e-300))).collect()
+}
+
+fn edges_for(all: &[&[f64]], bins: usize) -> Vec<f64> {
+    let mut v: Vec<f64> = all
+        .iter()
+        .flat_map(|a| a.iter().copied())
+        .filter(|x| x.is_finite())
+        .collect();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return vec![0.0, 1.0];
+    }
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    let (lo, mut hi) = (q(0.005), q(0.995));
+    if hi <= lo {
+        hi = lo + 1.0;
+    }
+    (0..=bins)
+        .map(|i| lo + (hi - lo) * i as f64 / bins as f64)
+        .collect()
+}
+
 /// Score `inside` and every set in `sets`, and tabulate each (score, set) pair. Data-set
 /// OOD sets are read from `dir` when given (see [`ood_images`]).
 #[allow(clippy::too_many_arguments)]
@@ -230,9 +299,10 @@ pub fn evaluate_ood(
     scores: &[Score],
     batch_size: usize,
     rng: &mut Rng,
-) -> Result<Vec<OodRow>> {
+) -> Result<OodReport> {
     let ins = score_images(model, &inside.images, inside.shape, scores, batch_size);
     let mut rows = Vec::new();
+    let mut per_set = Vec::new();
     for &set in sets {
         let images = ood_images(set, inside, dir, rng)?;
         let outs = score_images(model, &images, inside.shape, scores, batch_size);
@@ -249,6 +319,29 @@ pub fn evaluate_ood(
                 n_ood: neg.len(),
             });
         }
+        per_set.push((set.name(), outs));
     }
-    Ok(rows)
+    let histograms = scores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let all: Vec<&[f64]> = std::iter::once(ins[i].as_slice())
+                .chain(per_set.iter().map(|(_, o)| o[i].as_slice()))
+                .collect();
+            let edges = edges_for(&all, 40);
+            ScoreHistogram {
+                score: s.name(),
+                inside: density(&ins[i], &edges),
+                sets: per_set
+                    .iter()
+                    .map(|(name, o)| SetDensity {
+                        set: name.clone(),
+                        density: density(&o[i], &edges),
+                    })
+                    .collect(),
+                edges,
+            }
+        })
+        .collect();
+    Ok(OodReport { rows, histograms })
 }

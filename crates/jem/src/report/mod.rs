@@ -2,6 +2,8 @@
 //! the config, training curves from `metrics.jsonl`, and every evaluation saved in
 //! `RUN/eval/`, with figures embedded (SVG charts drawn here, PNG grids as data URIs).
 
+pub mod figures;
+pub mod raster;
 pub mod svg;
 
 use std::fmt::Write;
@@ -42,6 +44,11 @@ fn read_run(dir: &Path) -> Result<RunData> {
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "png"))
+                // Sample grids only: the evaluations' own figures are drawn again as SVG.
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("samples"))
+                })
                 .collect();
             found.sort();
             for p in found {
@@ -194,57 +201,7 @@ fn evaluation(name: &str, v: &Value) -> String {
                 .map(|k| f4(num(v, k)))
                 .collect()],
         );
-        let bins = v
-            .get("bins")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let width = bins
-            .first()
-            .and_then(|b| Some(num(b, "hi")? - num(b, "lo")?))
-            .unwrap_or(0.05);
-        let bars: Vec<(f64, f64)> = bins
-            .iter()
-            .filter(|b| num(b, "count").unwrap_or(0.0) > 0.0)
-            .filter_map(|b| Some(((num(b, "lo")? + num(b, "hi")?) / 2.0, num(b, "accuracy")?)))
-            .collect();
-        let total: f64 = bins
-            .iter()
-            .filter_map(|b| num(b, "count"))
-            .sum::<f64>()
-            .max(1.0);
-        let share: Vec<(f64, f64)> = bins
-            .iter()
-            .filter_map(|b| {
-                Some((
-                    (num(b, "lo")? + num(b, "hi")?) / 2.0,
-                    num(b, "count")? / total,
-                ))
-            })
-            .collect();
-        o += &chart(
-            "Reliability diagram",
-            "confidence",
-            "accuracy",
-            &[
-                Series {
-                    label: "accuracy per bin".into(),
-                    color: "#1f77b4",
-                    points: bars,
-                    bar_width: Some(width * 0.9),
-                    dots: false,
-                },
-                Series {
-                    label: "share of images".into(),
-                    color: "#ff7f0e",
-                    points: share,
-                    bar_width: Some(width * 0.4),
-                    dots: false,
-                },
-                Series::line("perfect calibration", "#333", vec![(0.0, 0.0), (1.0, 1.0)]),
-            ],
-            Some((0.0, 1.0)),
-        );
+        o += &figures::reliability(v);
     } else if name.starts_with("ood") {
         let rows: Vec<Vec<String>> = v
             .get("rows")
@@ -274,6 +231,16 @@ fn evaluation(name: &str, v: &Value) -> String {
             &["score", "OOD set", "AUROC", "AUPR-in", "AUPR-out", "FPR95"],
             &rows,
         );
+        o += r#"<div class="figs">"#;
+        for h in v
+            .get("histograms")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            o += &figures::ood_histogram(&h);
+        }
+        o += "</div>";
     } else if name.starts_with("attack") {
         let res = v
             .get("results")
@@ -302,21 +269,7 @@ fn evaluation(name: &str, v: &Value) -> String {
             &["epsilon", "robust accuracy", "attack success rate"],
             &rows,
         );
-        let mut s = Series::line(
-            "robust accuracy",
-            "#d62728",
-            res.iter()
-                .filter_map(|e| Some((num(e, "eps")?, num(e, "robust_accuracy")?)))
-                .collect(),
-        );
-        s.dots = true;
-        o += &chart(
-            "Robust accuracy",
-            "epsilon ([0, 1] pixel units)",
-            "accuracy",
-            &[s],
-            Some((0.0, 1.0)),
-        );
+        o += &figures::attack_curve(v);
     } else if name.starts_with("samples") {
         o += &table(
             &id,

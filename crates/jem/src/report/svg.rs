@@ -173,6 +173,9 @@ pub fn chart(
             for &(x, y) in &finite {
                 let (xa, xb) = (sx(x - bw / 2.0), sx(x + bw / 2.0));
                 let (ya, yb) = (sy(y.max(y0)), sy(0.0f64.max(y0)));
+                if (yb - ya).abs() < 0.05 {
+                    continue; // an empty bar
+                }
                 let _ = write!(
                     o,
                     r#"<rect x="{xa:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}" fill-opacity="0.55"/>"#,
