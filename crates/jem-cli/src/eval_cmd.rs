@@ -456,6 +456,11 @@ pub(crate) fn eval_attack(a: AttackArgs, device: &jem::Device) -> Result<()> {
         a.refine_steps,
         if a.refine_steps > 0 { a.chains } else { 1 }
     );
+    if !r.sane {
+        eprintln!(
+            "warning: robust accuracy rises with epsilon somewhere: the attack is too weak (raise --steps or --restarts); do not trust these numbers"
+        );
+    }
     println!(
         "{:>10} {:>16} {:>13}",
         "eps", "robust accuracy", "success rate"

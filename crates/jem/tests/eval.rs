@@ -1,54 +1,20 @@
 //! Calibration and OOD evaluations on a small trained model and generated sets.
 
 use burn::prelude::*;
-use jem::config::TrainConfig;
-use jem::data::{Dataset, DatasetKind, load_files};
+use jem::data::{Dataset, DatasetKind};
 use jem::eval::calibration::evaluate_calibration;
 use jem::eval::ood::{OodSet, Score, evaluate_ood, ood_images, score_images};
-use jem::loss::Objective;
-use jem::model::{Classifier, ModelConfig};
-use jem::optim::Optimizer;
+use jem::model::Classifier;
 use jem::rng::Rng;
-use jem::train::iteration;
+
+mod common;
 
 fn trained(data: &Dataset) -> Classifier {
-    let d = Device::flex().autodiff();
-    d.seed(0);
-    let mut cfg = TrainConfig::default();
-    cfg.loss.objective = Objective::Softmax;
-    cfg.model = ModelConfig::Cnn {
-        widths: vec![8, 16],
-    };
-    let mut model = cfg.model.init(1, 10, &d);
-    let mut opt = Optimizer::new(&cfg.optim);
-    let mut rng = Rng::new(0, 0);
-    for step in 0..150 {
-        let idx: Vec<usize> = (0..32).map(|i| (step * 32 + i) % data.len()).collect();
-        let batch = data.batch(&idx, &cfg.data.augment, &mut rng);
-        model = iteration(
-            &cfg,
-            model,
-            &mut opt,
-            None,
-            &batch,
-            [1, 28, 28],
-            10,
-            3e-3,
-            &mut rng,
-            &d,
-        )
-        .unwrap()
-        .0;
-    }
-    model
+    common::trained_softmax(data).0
 }
 
 fn synthetic() -> (Dataset, Dataset) {
-    let dir = tempfile::tempdir().unwrap();
-    jem::data::synthetic::write_synthetic_fashion(dir.path(), 512, 200, 4).unwrap();
-    let tr = load_files(DatasetKind::FashionMnist, Some(dir.path()), false).unwrap();
-    let te = load_files(DatasetKind::FashionMnist, Some(dir.path()), true).unwrap();
-    (tr, te)
+    common::synthetic(512, 200, 4)
 }
 
 #[test]
@@ -288,6 +254,7 @@ mod attack {
         assert_eq!(r.results[0].success_rate, 0.0);
         let acc: Vec<f64> = r.results.iter().map(|e| e.robust_accuracy).collect();
         assert!(acc[1] <= acc[0] && acc[2] <= acc[1], "{acc:?}");
+        assert!(r.sane);
         assert!(
             acc[2] < clean * 0.5,
             "a 0.3 L-inf attack should break most images: {acc:?}"

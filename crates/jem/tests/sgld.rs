@@ -2,63 +2,22 @@
 //! model, it is a pure function of its inputs, and 0 steps change nothing.
 
 use burn::prelude::*;
-use jem::config::TrainConfig;
-use jem::data::Dataset;
 use jem::energy::Target;
 use jem::eval::accuracy::mean_log_px;
-use jem::loss::Objective;
-use jem::model::{Classifier, ModelConfig};
-use jem::optim::Optimizer;
+use jem::model::Classifier;
 use jem::rng::Rng;
 use jem::sgld::{SgldConfig, sgld};
-use jem::train::iteration;
+
+mod common;
 
 fn trained_model() -> (Classifier, Device) {
-    let dir = tempfile::tempdir().unwrap();
-    jem::data::synthetic::write_synthetic_fashion(dir.path(), 512, 16, 1).unwrap();
-    let data: Dataset = jem::data::load_files(
-        jem::data::DatasetKind::FashionMnist,
-        Some(dir.path()),
-        false,
-    )
-    .unwrap();
-    let d = Device::flex().autodiff();
-    d.seed(0);
-    let mut cfg = TrainConfig::default();
-    cfg.loss.objective = Objective::Softmax;
-    cfg.model = ModelConfig::Cnn {
-        widths: vec![8, 16],
-    };
-    cfg.optim.warmup_steps = 0;
-    let mut model = cfg.model.init(1, 10, &d);
-    let mut opt = Optimizer::new(&cfg.optim);
-    let mut rng = Rng::new(0, 0);
-    let mut last_acc = 0.0;
-    for step in 0..200 {
-        let idx: Vec<usize> = (0..32).map(|i| (step * 32 + i) % data.len()).collect();
-        let batch = data.batch(&idx, &cfg.data.augment, &mut rng);
-        let (m, metrics) = iteration(
-            &cfg,
-            model,
-            &mut opt,
-            None,
-            &batch,
-            [1, 28, 28],
-            10,
-            3e-3,
-            &mut rng,
-            &d,
-        )
-        .map_err(|d| format!("{} {}", d.what, d.value))
-        .unwrap();
-        model = m;
-        last_acc = metrics.acc;
-    }
+    let (data, _) = common::synthetic(512, 16, 1);
+    let (model, last_acc) = common::trained_softmax(&data);
     assert!(
         last_acc > 0.5,
         "the fixture model did not learn: batch accuracy {last_acc}"
     );
-    (model, d)
+    (model, Device::flex().autodiff())
 }
 
 fn noise(b: usize, seed: u64, d: &Device) -> Tensor<4> {

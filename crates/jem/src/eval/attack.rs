@@ -91,6 +91,10 @@ pub struct AttackReport {
     pub n: usize,
     /// One result per radius, in the order given.
     pub results: Vec<EpsResult>,
+    /// The built-in sanity check: robust accuracy at radius 0 equals the clean accuracy and
+    /// never rises as the radius grows. `false` means the attack is broken or too weak (more
+    /// steps or restarts), and the numbers should not be trusted.
+    pub sane: bool,
 }
 
 /// Class probabilities of the (defended) classifier, averaged over the chains.
@@ -323,22 +327,34 @@ pub fn attack(
         }
     }
     let n = data.len().max(1) as f64;
-    Ok(AttackReport {
-        clean_accuracy: correct_total as f64 / n,
-        n: data.len(),
-        results: cfg
-            .eps
+    let results: Vec<EpsResult> = cfg
+        .eps
+        .iter()
+        .zip(&broken)
+        .map(|(&eps, &b)| EpsResult {
+            eps,
+            robust_accuracy: (correct_total - b) as f64 / n,
+            success_rate: if correct_total > 0 {
+                b as f64 / correct_total as f64
+            } else {
+                0.0
+            },
+        })
+        .collect();
+    let clean_accuracy = correct_total as f64 / n;
+    let mut by_eps: Vec<&EpsResult> = results.iter().collect();
+    by_eps.sort_by(|a, b| a.eps.total_cmp(&b.eps));
+    let sane = by_eps
+        .windows(2)
+        .all(|w| w[1].robust_accuracy <= w[0].robust_accuracy)
+        && results
             .iter()
-            .zip(&broken)
-            .map(|(&eps, &b)| EpsResult {
-                eps,
-                robust_accuracy: (correct_total - b) as f64 / n,
-                success_rate: if correct_total > 0 {
-                    b as f64 / correct_total as f64
-                } else {
-                    0.0
-                },
-            })
-            .collect(),
+            .filter(|e| e.eps == 0.0)
+            .all(|e| e.robust_accuracy == clean_accuracy);
+    Ok(AttackReport {
+        clean_accuracy,
+        n: data.len(),
+        results,
+        sane,
     })
 }

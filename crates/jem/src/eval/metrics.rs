@@ -107,6 +107,28 @@ pub fn calibration(probs: &[f32], labels: &[usize], k: usize, bins: usize) -> Ca
     }
 }
 
+/// Groups of tied scores, in ascending score order: for each group, (index of its first
+/// element in the sorted order, group size, positives in it).
+fn tie_groups(pos: &[f64], neg: &[f64]) -> Vec<(usize, usize, usize)> {
+    let mut all: Vec<(f64, bool)> = pos
+        .iter()
+        .map(|&s| (s, true))
+        .chain(neg.iter().map(|&s| (s, false)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut groups = Vec::new();
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        groups.push((i, j + 1 - i, all[i..=j].iter().filter(|e| e.1).count()));
+        i = j + 1;
+    }
+    groups
+}
+
 /// Area under the ROC curve of telling `pos` (higher scores) from `neg`: the probability
 /// that a random positive scores above a random negative, ties counting one half.
 pub fn auroc(pos: &[f64], neg: &[f64]) -> f64 {
@@ -114,23 +136,10 @@ pub fn auroc(pos: &[f64], neg: &[f64]) -> f64 {
         return f64::NAN;
     }
     // Rank-sum (Mann-Whitney U) with mid-ranks for ties.
-    let mut all: Vec<(f64, bool)> = pos
-        .iter()
-        .map(|&s| (s, true))
-        .chain(neg.iter().map(|&s| (s, false)))
-        .collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut rank_sum = 0.0;
-    let mut i = 0;
-    while i < all.len() {
-        let mut j = i;
-        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
-            j += 1;
-        }
-        let mid = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum += all[i..=j].iter().filter(|e| e.1).count() as f64 * mid;
-        i = j + 1;
-    }
+    let rank_sum: f64 = tie_groups(pos, neg)
+        .into_iter()
+        .map(|(first, size, p)| p as f64 * (first as f64 + (size as f64 - 1.0) / 2.0 + 1.0))
+        .sum();
     let (np, nn) = (pos.len() as f64, neg.len() as f64);
     (rank_sum - np * (np + 1.0) / 2.0) / (np * nn)
 }
@@ -142,24 +151,12 @@ pub fn aupr(pos: &[f64], neg: &[f64]) -> f64 {
     if pos.is_empty() {
         return f64::NAN;
     }
-    let mut all: Vec<(f64, bool)> = pos
-        .iter()
-        .map(|&s| (s, true))
-        .chain(neg.iter().map(|&s| (s, false)))
-        .collect();
-    all.sort_by(|a, b| b.0.total_cmp(&a.0));
     let (mut tp, mut fp, mut ap) = (0usize, 0usize, 0.0f64);
-    let mut i = 0;
-    while i < all.len() {
-        let mut j = i;
-        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
-            j += 1;
-        }
-        let new_tp = all[i..=j].iter().filter(|e| e.1).count();
-        tp += new_tp;
-        fp += (j + 1 - i) - new_tp;
-        ap += new_tp as f64 * tp as f64 / (tp + fp) as f64;
-        i = j + 1;
+    // Thresholds from the highest score down.
+    for (_, size, p) in tie_groups(pos, neg).into_iter().rev() {
+        tp += p;
+        fp += size - p;
+        ap += p as f64 * tp as f64 / (tp + fp) as f64;
     }
     ap / pos.len() as f64
 }

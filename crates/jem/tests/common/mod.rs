@@ -1,0 +1,58 @@
+//! Fixtures shared by the integration tests.
+#![allow(dead_code)]
+
+use burn::prelude::*;
+use jem::config::TrainConfig;
+use jem::data::{Dataset, DatasetKind, load_files};
+use jem::loss::Objective;
+use jem::model::{Classifier, ModelConfig};
+use jem::optim::Optimizer;
+use jem::rng::Rng;
+use jem::train::iteration;
+
+/// The synthetic data set (train, test) written to a temporary folder and read back.
+pub fn synthetic(n_train: usize, n_test: usize, seed: u64) -> (Dataset, Dataset) {
+    let dir = tempfile::tempdir().unwrap();
+    jem::data::synthetic::write_synthetic_fashion(dir.path(), n_train, n_test, seed).unwrap();
+    let tr = load_files(DatasetKind::FashionMnist, Some(dir.path()), false).unwrap();
+    let te = load_files(DatasetKind::FashionMnist, Some(dir.path()), true).unwrap();
+    (tr, te)
+}
+
+/// A small CNN trained as a softmax classifier on `data` for 200 steps (Adam 3e-3, no
+/// warm-up); returns it and the last batch accuracy.
+pub fn trained_softmax(data: &Dataset) -> (Classifier, f64) {
+    let d = Device::flex().autodiff();
+    d.seed(0);
+    let mut cfg = TrainConfig::default();
+    cfg.loss.objective = Objective::Softmax;
+    cfg.model = ModelConfig::Cnn {
+        widths: vec![8, 16],
+    };
+    cfg.optim.warmup_steps = 0;
+    let mut model = cfg.model.init(1, 10, &d);
+    let mut opt = Optimizer::new(&cfg.optim);
+    let mut rng = Rng::new(0, 0);
+    let mut last_acc = 0.0;
+    for step in 0..200 {
+        let idx: Vec<usize> = (0..32).map(|i| (step * 32 + i) % data.len()).collect();
+        let batch = data.batch(&idx, &cfg.data.augment, &mut rng);
+        let (m, metrics) = iteration(
+            &cfg,
+            model,
+            &mut opt,
+            None,
+            &batch,
+            [1, 28, 28],
+            10,
+            3e-3,
+            &mut rng,
+            &d,
+        )
+        .map_err(|d| format!("{} {}", d.what, d.value))
+        .unwrap();
+        model = m;
+        last_acc = metrics.acc;
+    }
+    (model, last_acc)
+}
