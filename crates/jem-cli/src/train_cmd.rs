@@ -9,7 +9,7 @@ use jem::config::TrainConfig;
 use jem::data::DatasetKind;
 use jem::loss::Objective;
 use jem::model::ModelConfig;
-use jem::train::{EvalLine, Observer, StepMetrics, Trainer};
+use jem::train::{EvalLine, Observer, RecoveryLine, StepMetrics, Trainer};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum DatasetArg {
@@ -262,6 +262,16 @@ impl Observer for Progress {
                 m.acc,
                 m.lr
             ));
+        }
+    }
+    fn on_recovery(&mut self, r: &RecoveryLine) {
+        let line = format!(
+            "recovery {}: {} = {:.4e} at step {}; rolled back to step {}, lr x{:.3}, SGLD step x{:.3}",
+            r.recoveries, r.what, r.value, r.flagged_step, r.step, r.lr_scale, r.sgld_step_scale
+        );
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
         }
     }
     fn on_eval(&mut self, e: &EvalLine) {

@@ -230,6 +230,46 @@ pub struct RunState {
     pub rng: Rng,
     /// Wall-clock seconds spent training so far.
     pub elapsed_s: f64,
+    /// Divergences recovered from so far.
+    #[serde(default)]
+    pub recoveries: u32,
+    /// Factor on the learning rate after back-offs.
+    #[serde(default = "one_f64")]
+    pub lr_scale: f64,
+    /// Factor on the SGLD step size after back-offs.
+    #[serde(default = "one_f32")]
+    pub sgld_scale: f32,
+    /// SGLD steps added after back-offs.
+    #[serde(default)]
+    pub extra_sgld_steps: usize,
+    /// `|loss|` of the last (up to 50) steps, the baseline of the loss-spike watch.
+    #[serde(default)]
+    pub recent_losses: Vec<f64>,
+}
+
+fn one_f64() -> f64 {
+    1.0
+}
+
+fn one_f32() -> f32 {
+    1.0
+}
+
+impl RunState {
+    /// The state of a new run.
+    pub fn new(rng: Rng) -> Self {
+        RunState {
+            version: FORMAT_VERSION,
+            step: 0,
+            rng,
+            elapsed_s: 0.0,
+            recoveries: 0,
+            lr_scale: 1.0,
+            sgld_scale: 1.0,
+            extra_sgld_steps: 0,
+            recent_losses: Vec::new(),
+        }
+    }
 }
 
 /// Current run-directory format.

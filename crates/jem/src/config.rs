@@ -99,6 +99,44 @@ impl Default for ScheduleConfig {
     }
 }
 
+/// What counts as a diverging run, and how it is recovered: roll back to the last
+/// checkpoint, multiply the learning rate and SGLD step size by their factors, optionally add
+/// SGLD steps, and go on; give up after `max_recoveries`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// Recoveries before giving up (0: stop at the first divergence).
+    pub max_recoveries: u32,
+    /// Learning-rate factor per recovery.
+    pub lr_factor: f64,
+    /// SGLD step-size factor per recovery.
+    pub sgld_step_factor: f32,
+    /// SGLD steps added per recovery.
+    pub extra_sgld_steps: usize,
+    /// Flag a step whose `|mean lse(data) - mean lse(samples)|` exceeds this (the gap explodes
+    /// before a JEM run dies; healthy runs stay within tens).
+    pub max_energy_gap: f64,
+    /// Flag a step whose mean SGLD input-gradient norm exceeds this.
+    pub max_sgld_grad_norm: f64,
+    /// Flag a step whose `|loss|` exceeds this factor times (1 + the median `|loss|` of the
+    /// last 50 steps), once 5 steps are known.
+    pub loss_spike_factor: f64,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            max_recoveries: 5,
+            lr_factor: 0.5,
+            sgld_step_factor: 0.5,
+            extra_sgld_steps: 0,
+            max_energy_gap: 1000.0,
+            max_sgld_grad_norm: 1e4,
+            loss_spike_factor: 20.0,
+        }
+    }
+}
+
 /// Everything that defines a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -117,6 +155,8 @@ pub struct TrainConfig {
     pub loss: LossConfig,
     /// Length, logging and checkpoints.
     pub schedule: ScheduleConfig,
+    /// Divergence detection and recovery.
+    pub recovery: RecoveryConfig,
     /// The one seed of every random generator of the run.
     pub seed: u64,
 }
@@ -180,6 +220,25 @@ impl TrainConfig {
             return Err(ConfigError::field(
                 "data.augment.crop_pad",
                 format!("{} must be smaller than the image size {h}x{w}", a.crop_pad),
+            ));
+        }
+        let r = &self.recovery;
+        if !(r.lr_factor > 0.0 && r.lr_factor <= 1.0) {
+            return Err(ConfigError::field(
+                "recovery.lr_factor",
+                format!("{}: must be in (0, 1]", r.lr_factor),
+            ));
+        }
+        if !(r.sgld_step_factor > 0.0 && r.sgld_step_factor <= 1.0) {
+            return Err(ConfigError::field(
+                "recovery.sgld_step_factor",
+                format!("{}: must be in (0, 1]", r.sgld_step_factor),
+            ));
+        }
+        if !(r.max_energy_gap > 0.0 && r.max_sgld_grad_norm > 0.0 && r.loss_spike_factor > 1.0) {
+            return Err(ConfigError::field(
+                "recovery",
+                "max_energy_gap and max_sgld_grad_norm must be positive, loss_spike_factor above 1",
             ));
         }
         self.model.validate()?;

@@ -10,9 +10,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::ReplayBuffer;
-use crate::checkpoint::{
-    self, CheckpointError, FORMAT_VERSION, RunState, files, params_finite, save_model,
-};
+use crate::checkpoint::{self, CheckpointError, RunState, files, params_finite, save_model};
 use crate::config::{ConfigError, TrainConfig};
 use crate::data::{BatchSampler, Dataset, Split, load_split};
 use crate::eval::accuracy::accuracy;
@@ -37,6 +35,29 @@ pub struct EvalLine {
     pub valid_nll: f64,
 }
 
+/// A recovery line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryLine {
+    /// Always `"recovery"`.
+    pub event: String,
+    /// The step rolled back to (the last checkpoint).
+    pub step: u64,
+    /// The step at which the divergence was seen.
+    pub flagged_step: u64,
+    /// What was flagged.
+    pub what: String,
+    /// Its value.
+    pub value: f64,
+    /// Recoveries so far in this run.
+    pub recoveries: u32,
+    /// Factor now applied to the learning rate.
+    pub lr_scale: f64,
+    /// Factor now applied to the SGLD step size.
+    pub sgld_step_scale: f32,
+    /// SGLD steps now added to the configured number.
+    pub extra_sgld_steps: usize,
+}
+
 /// Hooks for progress display; every method has an empty default.
 pub trait Observer {
     /// Training starts at `start` of `total` steps.
@@ -47,6 +68,8 @@ pub trait Observer {
     fn on_eval(&mut self, _e: &EvalLine) {}
     /// A checkpoint was written.
     fn on_checkpoint(&mut self, _step: u64) {}
+    /// A divergence was caught and the run rolled back.
+    fn on_recovery(&mut self, _r: &RecoveryLine) {}
 }
 
 /// An observer that does nothing.
@@ -77,6 +100,48 @@ pub struct Trainer {
     valid: Dataset,
     sampler: BatchSampler,
     last_checkpoint: u64,
+    /// A checkpoint taken but not yet written: it is written once the next step's loss shows
+    /// its weights healthy (a loss is measured with the weights before the step's update), so
+    /// that a rollback never lands on a checkpoint that is already damaged.
+    pending: Option<Snapshot>,
+}
+
+/// Everything a checkpoint holds, in memory.
+struct Snapshot {
+    model: Classifier,
+    optim: Optimizer,
+    buffer: Option<ReplayBuffer>,
+    state: RunState,
+}
+
+/// Model, optimiser and buffer of the checkpoint at `step` in `dir`.
+fn load_checkpoint(
+    cfg: &TrainConfig,
+    dir: &Path,
+    device: &Device,
+    step: u64,
+    train: &Dataset,
+) -> Result<(Classifier, Optimizer, Option<ReplayBuffer>)> {
+    let model = cfg.model.init(train.shape[0], train.num_classes, device);
+    let model = checkpoint::load_model(model, &dir.join(files::MODEL), Some(step))?;
+    let optim = Optimizer::load(
+        &dir.join(files::OPTIM),
+        step,
+        &cfg.optim,
+        &device.clone().inner(),
+    )?;
+    let buffer = if cfg.loss.needs_sampling() {
+        Some(ReplayBuffer::load(
+            &dir.join(files::BUFFER),
+            step,
+            &cfg.buffer,
+            train.shape,
+            train.num_classes,
+        )?)
+    } else {
+        None
+    };
+    Ok((model, optim, buffer))
 }
 
 fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
@@ -142,16 +207,12 @@ impl Trainer {
             device,
             model,
             buffer,
-            state: RunState {
-                version: FORMAT_VERSION,
-                step: 0,
-                rng,
-                elapsed_s: 0.0,
-            },
+            state: RunState::new(rng),
             train,
             valid,
             sampler,
             last_checkpoint: 0,
+            pending: None,
         };
         t.checkpoint()?;
         tracing::info!(dir = %t.dir.display(), "created run");
@@ -189,25 +250,7 @@ impl Trainer {
         let state = checkpoint::recover(dir)?;
         let (train, valid) = load_data(&cfg)?;
         let device = device.clone().autodiff();
-        let model = cfg.model.init(train.shape[0], train.num_classes, &device);
-        let model = checkpoint::load_model(model, &dir.join(files::MODEL), Some(state.step))?;
-        let optim = Optimizer::load(
-            &dir.join(files::OPTIM),
-            state.step,
-            &cfg.optim,
-            &device.clone().inner(),
-        )?;
-        let buffer = if cfg.loss.needs_sampling() {
-            Some(ReplayBuffer::load(
-                &dir.join(files::BUFFER),
-                state.step,
-                &cfg.buffer,
-                train.shape,
-                train.num_classes,
-            )?)
-        } else {
-            None
-        };
+        let (model, optim, buffer) = load_checkpoint(&cfg, dir, &device, state.step, &train)?;
         truncate_metrics(&dir.join(files::METRICS), state.step)?;
         if cfg != saved {
             checkpoint::write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
@@ -226,6 +269,7 @@ impl Trainer {
             train,
             valid,
             sampler,
+            pending: None,
         })
     }
 
@@ -260,8 +304,23 @@ impl Trainer {
 
     /// Write a checkpoint of the current state (model, optimiser, buffer, then `state.json`).
     pub fn checkpoint(&mut self) -> Result<()> {
-        let step = self.state.step;
-        if !params_finite(&self.model) {
+        self.pending = None;
+        let snap = self.snapshot();
+        self.write(&snap)
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            model: self.model.clone(),
+            optim: self.optim.clone(),
+            buffer: self.buffer.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    fn write(&mut self, snap: &Snapshot) -> Result<()> {
+        let step = snap.state.step;
+        if !params_finite(&snap.model) {
             return Err(Error::Diverged {
                 step,
                 what: "model parameters".into(),
@@ -273,14 +332,109 @@ impl Trainer {
         // Stage every file, commit by writing state.json, then move the staged files into
         // place: a crash at any point leaves one complete checkpoint (see `checkpoint::recover`).
         let staged = |name| checkpoint::staged(&self.dir.join(name));
-        save_model(&self.model, &staged(files::MODEL), step)?;
-        self.optim.save(&staged(files::OPTIM), step)?;
-        if let Some(b) = &self.buffer {
+        save_model(&snap.model, &staged(files::MODEL), step)?;
+        snap.optim.save(&staged(files::OPTIM), step)?;
+        if let Some(b) = &snap.buffer {
             b.save(&staged(files::BUFFER), step)?;
         }
-        checkpoint::save_state(&self.dir, &self.state)?;
+        checkpoint::save_state(&self.dir, &snap.state)?;
         checkpoint::recover(&self.dir)?;
         self.last_checkpoint = step;
+        Ok(())
+    }
+
+    /// The config with the recovery back-off applied to the sampler.
+    fn effective_config(&self) -> TrainConfig {
+        let mut cfg = self.cfg.clone();
+        cfg.sgld.step_size *= self.state.sgld_scale;
+        cfg.sgld.steps += self.state.extra_sgld_steps;
+        cfg
+    }
+
+    /// Flag a finished step whose numbers show a run about to be lost.
+    fn watch(&self, m: &StepMetrics) -> Option<Divergence> {
+        let r = &self.cfg.recovery;
+        let recent = &self.state.recent_losses;
+        if recent.len() >= 5 {
+            let mut sorted = recent.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = sorted[sorted.len() / 2];
+            if m.loss.abs() > r.loss_spike_factor * (1.0 + median) {
+                return Some(Divergence {
+                    what: format!("loss spike (recent median |loss| {median:.4})"),
+                    value: m.loss,
+                });
+            }
+        }
+        if let Some(s) = m.lse_sample {
+            let gap = (m.lse_data - s).abs();
+            if !gap.is_finite() || gap > r.max_energy_gap {
+                return Some(Divergence {
+                    what: "energy gap |lse(data) - lse(samples)|".into(),
+                    value: gap,
+                });
+            }
+        }
+        match m.sgld_grad_norm {
+            Some(g) if !g.is_finite() || g > r.max_sgld_grad_norm => Some(Divergence {
+                what: "SGLD input-gradient norm".into(),
+                value: g,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Roll back to the last checkpoint and back off, or give up after
+    /// `recovery.max_recoveries` recoveries.
+    fn recover(
+        &mut self,
+        step: u64,
+        what: String,
+        value: f64,
+        metrics: &Path,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        let r = self.cfg.recovery.clone();
+        if self.state.recoveries >= r.max_recoveries {
+            return Err(Error::Diverged {
+                step,
+                what: format!("{what} (after {} recoveries)", self.state.recoveries),
+                value,
+                last_checkpoint: self.last_checkpoint,
+                run_dir: self.dir.clone(),
+            });
+        }
+        let state = checkpoint::recover(&self.dir)?;
+        let (model, optim, buffer) =
+            load_checkpoint(&self.cfg, &self.dir, &self.device, state.step, &self.train)?;
+        let back = RunState {
+            recoveries: self.state.recoveries + 1,
+            lr_scale: self.state.lr_scale * r.lr_factor,
+            sgld_scale: self.state.sgld_scale * r.sgld_step_factor,
+            extra_sgld_steps: self.state.extra_sgld_steps + r.extra_sgld_steps,
+            ..state
+        };
+        (self.model, self.optim, self.buffer, self.state) = (model, optim, buffer, back);
+        truncate_metrics(metrics, self.state.step)?;
+        let event = RecoveryLine {
+            event: "recovery".into(),
+            step: self.state.step,
+            flagged_step: step,
+            what,
+            value,
+            recoveries: self.state.recoveries,
+            lr_scale: self.state.lr_scale,
+            sgld_step_scale: self.state.sgld_scale,
+            extra_sgld_steps: self.state.extra_sgld_steps,
+        };
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(metrics)
+            .map_err(|e| Error::io(metrics, e))?;
+        write_line(&mut f, metrics, &event)?;
+        tracing::warn!(step, what = %event.what, value, "divergence: rolled back to step {} and backed off", self.state.step);
+        obs.on_recovery(&event);
         Ok(())
     }
 
@@ -290,11 +444,14 @@ impl Trainer {
         let per_epoch = self.steps_per_epoch();
         obs.on_start(self.state.step, total);
         let metrics_path = self.dir.join(files::METRICS);
-        let mut metrics = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&metrics_path)
-            .map_err(|e| Error::io(&metrics_path, e))?;
+        let open_metrics = || {
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&metrics_path)
+                .map_err(|e| Error::io(&metrics_path, e))
+        };
+        let mut metrics = open_metrics()?;
         let mut summary = Summary {
             step: self.state.step,
             last: None,
@@ -313,10 +470,11 @@ impl Trainer {
             let batch = self
                 .train
                 .batch(indices, &self.cfg.data.augment, &mut self.state.rng);
-            let lr = self.cfg.optim.lr_at(step, epoch);
+            let lr = self.cfg.optim.lr_at(step, epoch) * self.state.lr_scale;
+            let cfg = self.effective_config();
             let model = self.model.clone();
             let out = iteration(
-                &self.cfg,
+                &cfg,
                 model,
                 &mut self.optim,
                 self.buffer.as_mut(),
@@ -327,20 +485,39 @@ impl Trainer {
                 &mut self.state.rng,
                 &self.device,
             );
+            let flagged = match &out {
+                Ok((_, m)) => self.watch(m),
+                Err(d) => Some(d.clone()),
+            };
+            if let Some(Divergence { what, value }) = flagged {
+                self.recover(step + 1, what, value, &metrics_path, obs)?;
+                metrics = open_metrics()?;
+                continue;
+            }
+            if let Some(snap) = self.pending.take() {
+                match self.write(&snap) {
+                    Ok(()) => obs.on_checkpoint(snap.state.step),
+                    Err(Error::Diverged {
+                        step, what, value, ..
+                    }) => {
+                        self.recover(step, what, value, &metrics_path, obs)?;
+                        metrics = open_metrics()?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let mut m = match out {
                 Ok((model, m)) => {
                     self.model = model;
+                    let recent = &mut self.state.recent_losses;
+                    recent.push(m.loss.abs());
+                    if recent.len() > 50 {
+                        recent.remove(0);
+                    }
                     m
                 }
-                Err(Divergence { what, value }) => {
-                    return Err(Error::Diverged {
-                        step: step + 1,
-                        what,
-                        value,
-                        last_checkpoint: self.last_checkpoint,
-                        run_dir: self.dir.clone(),
-                    });
-                }
+                Err(_) => unreachable!("a divergence is handled above"),
             };
             self.state.step += 1;
             self.state.elapsed_s += t0.elapsed().as_secs_f64();
@@ -379,8 +556,20 @@ impl Trainer {
                 || end_of_epoch
                 || last
             {
-                self.checkpoint()?;
-                obs.on_checkpoint(self.state.step);
+                if last {
+                    match self.checkpoint() {
+                        Ok(()) => obs.on_checkpoint(self.state.step),
+                        Err(Error::Diverged {
+                            step, what, value, ..
+                        }) => {
+                            self.recover(step, what, value, &metrics_path, obs)?;
+                            metrics = open_metrics()?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    self.pending = Some(self.snapshot());
+                }
             }
         }
         summary.step = self.state.step;

@@ -197,13 +197,16 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
     cfg.optim.warmup_steps = 0;
     cfg.schedule.checkpoint_every = 1;
     cfg.schedule.max_steps = Some(50);
+    cfg.recovery.max_recoveries = 2;
     let mut t = Trainer::create(cfg, &dir, &device()).unwrap();
     match t.run(&mut NoObserver) {
         Err(Error::Diverged {
             step,
             last_checkpoint,
+            what,
             ..
         }) => {
+            assert!(what.contains("after 2 recoveries"), "{what}");
             assert!(last_checkpoint < step);
             let run = Run::open(&dir, &device()).unwrap();
             assert_eq!(run.state.step, last_checkpoint);
@@ -349,4 +352,50 @@ fn a_checkpoint_interrupted_at_any_point_leaves_one_complete_checkpoint() {
         assert_eq!(tensors(&after.join(f)), tensors(&four.join(f)), "{f}");
         assert!(!staged(&after.join(f)).exists());
     }
+}
+
+#[test]
+fn an_unstable_learning_rate_is_recovered_from_and_the_run_finishes() {
+    let data = data_dir();
+    let runs = tempfile::tempdir().unwrap();
+    let dir = runs.path().join("r");
+    let mut cfg = tiny_config(data.path());
+    cfg.loss.objective = Objective::Softmax;
+    // Healthy for the first epoch (8 steps), then the schedule multiplies the learning rate by
+    // 1e4: the loss spikes, the run rolls back to the epoch's checkpoint and backs off.
+    cfg.optim.lr = 3e-3;
+    cfg.optim.warmup_steps = 0;
+    cfg.optim.decay_epochs = vec![1];
+    cfg.optim.decay_rate = 1e4;
+    cfg.schedule.checkpoint_every = 100;
+    cfg.schedule.epochs = 5;
+    cfg.schedule.max_steps = Some(40);
+    cfg.recovery.lr_factor = 0.1;
+    cfg.recovery.max_recoveries = 10;
+    let mut t = Trainer::create(cfg, &dir, &device()).unwrap();
+    let s = t.run(&mut NoObserver).unwrap();
+    assert_eq!(s.step, 40);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join(files::METRICS))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let recoveries: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["event"] == "recovery").collect();
+    assert!(!recoveries.is_empty(), "lr 30 should have diverged");
+    assert!(recoveries.iter().all(|r| r["step"] == 8), "{recoveries:?}");
+    let last = recoveries.last().unwrap();
+    assert!(last["lr_scale"].as_f64().unwrap() <= 0.1, "{last}");
+    let run = Run::open(&dir, &device()).unwrap();
+    assert!(jem::checkpoint::params_finite(&run.model));
+    assert_eq!(run.state.recoveries as usize, recoveries.len());
+    let test = run.data(jem::data::Split::Test).unwrap();
+    let acc =
+        jem::eval::accuracy::accuracy(&run.model, &test, 64, None, &mut jem::rng::Rng::new(0, 0))
+            .unwrap();
+    assert!(
+        acc.accuracy > 0.3,
+        "accuracy {} after recovering",
+        acc.accuracy
+    );
 }
