@@ -186,6 +186,20 @@ impl ReplayBuffer {
         }
     }
 
+    /// Restart from uniform noise every chain holding a non-finite value or one beyond
+    /// `saturation` in magnitude; returns how many were restarted.
+    pub fn reinit_broken(&mut self, saturation: f32, rng: &mut Rng) -> usize {
+        let n = self.image_len();
+        let mut count = 0;
+        for chain in self.data.chunks_exact_mut(n) {
+            if chain.iter().any(|v| !v.is_finite() || v.abs() > saturation) {
+                rng.fill_uniform(chain, -1.0, 1.0);
+                count += 1;
+            }
+        }
+        count
+    }
+
     /// Save as safetensors (`buffer`, with the layout in the metadata), atomically.
     pub fn save(&self, path: &Path, step: u64) -> Result<(), CheckpointError> {
         let mut meta = HashMap::new();

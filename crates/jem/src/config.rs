@@ -121,6 +121,9 @@ pub struct RecoveryConfig {
     /// Flag a step whose `|loss|` exceeds this factor times (1 + the median `|loss|` of the
     /// last 50 steps), once 5 steps are known.
     pub loss_spike_factor: f64,
+    /// On a recovery, buffer chains with a non-finite value or one beyond this magnitude are
+    /// restarted from noise (images live in `[-1, 1]`).
+    pub chain_saturation: f32,
 }
 
 impl Default for RecoveryConfig {
@@ -133,6 +136,7 @@ impl Default for RecoveryConfig {
             max_energy_gap: 1000.0,
             max_sgld_grad_norm: 1e4,
             loss_spike_factor: 20.0,
+            chain_saturation: 100.0,
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct RecoveryLine {
     pub sgld_step_scale: f32,
     /// SGLD steps now added to the configured number.
     pub extra_sgld_steps: usize,
+    /// Buffer chains restarted from noise because they held NaN or saturated values.
+    pub reinit_chains: usize,
 }
 
 /// Hooks for progress display; every method has an empty default.
@@ -415,6 +417,11 @@ impl Trainer {
             ..state
         };
         (self.model, self.optim, self.buffer, self.state) = (model, optim, buffer, back);
+        // Chains that hold NaN or saturated values would diverge again: restart them.
+        let reinit_chains = match self.buffer.as_mut() {
+            Some(b) => b.reinit_broken(r.chain_saturation, &mut self.state.rng),
+            None => 0,
+        };
         truncate_metrics(metrics, self.state.step)?;
         let event = RecoveryLine {
             event: "recovery".into(),
@@ -426,6 +433,7 @@ impl Trainer {
             lr_scale: self.state.lr_scale,
             sgld_step_scale: self.state.sgld_scale,
             extra_sgld_steps: self.state.extra_sgld_steps,
+            reinit_chains,
         };
         let mut f = OpenOptions::new()
             .append(true)

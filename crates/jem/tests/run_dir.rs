@@ -399,3 +399,43 @@ fn an_unstable_learning_rate_is_recovered_from_and_the_run_finishes() {
         acc.accuracy
     );
 }
+
+#[test]
+fn nan_samples_in_the_buffer_are_recovered_from() {
+    let data = data_dir();
+    let runs = tempfile::tempdir().unwrap();
+    let dir = runs.path().join("r");
+    let mut cfg = tiny_config(data.path());
+    cfg.buffer.conditional = false;
+    cfg.loss.pxy_weight = 0.0;
+    cfg.schedule.max_steps = Some(2);
+    Trainer::create(cfg.clone(), &dir, &device())
+        .unwrap()
+        .run(&mut NoObserver)
+        .unwrap();
+    // Poison half of the saved chains with NaN, as a sampler gone wrong would.
+    let path = dir.join(files::BUFFER);
+    let mut buf = jem::buffer::ReplayBuffer::load(&path, 2, &cfg.buffer, [1, 28, 28], 10).unwrap();
+    let slots: Vec<usize> = (0..50).collect();
+    buf.store(&slots, &vec![f32::NAN; 50 * 784]);
+    buf.save(&path, 2).unwrap();
+    let mut t = Trainer::resume(&dir, &device(), |c| c.schedule.max_steps = Some(12)).unwrap();
+    let s = t.run(&mut NoObserver).unwrap();
+    assert_eq!(s.step, 12);
+    let text = std::fs::read_to_string(dir.join(files::METRICS)).unwrap();
+    let rec: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["event"] == "recovery")
+        .collect();
+    assert!(!rec.is_empty(), "NaN chains went unnoticed");
+    assert!(
+        rec[0]["reinit_chains"].as_u64().unwrap() >= 50,
+        "{}",
+        rec[0]
+    );
+    let run = Run::open(&dir, &device()).unwrap();
+    let buf = run.buffer().unwrap().unwrap();
+    assert!((0..buf.len()).all(|i| buf.chain(i).iter().all(|v| v.is_finite())));
+    assert!(jem::checkpoint::params_finite(&run.model));
+}
