@@ -146,7 +146,7 @@ pub(crate) fn eval_accuracy(a: AccuracyArgs, device: &jem::Device) -> Result<()>
         p
     });
     let r = accuracy(
-        &run.model,
+        run.classifier("accuracy")?,
         &data,
         a.data.batch_size,
         refine.as_ref(),
@@ -191,7 +191,12 @@ pub(crate) fn eval_calibration(a: CalibrationArgs, device: &jem::Device) -> Resu
         bail!("--bins must be positive");
     }
     let (run, data) = a.data.load(device)?;
-    let c = evaluate_calibration(&run.model, &data, a.bins, a.data.batch_size)?;
+    let c = evaluate_calibration(
+        run.classifier("calibration")?,
+        &data,
+        a.bins,
+        a.data.batch_size,
+    )?;
     let body = serde_json::to_value(&c)?;
     let fig = jem::report::figures::reliability(&body);
     a.data
@@ -305,6 +310,13 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
             ScoreArg::Pxgrad => Score::Pxgrad,
             ScoreArg::EnergyT => Score::EnergyT(a.temperature),
         })
+        .filter(|s| {
+            let keep = run.is_classifier() || *s != Score::Py;
+            if !keep {
+                eprintln!("skipping score py: a scalar energy model has no p(y|x)");
+            }
+            keep
+        })
         .collect();
     let report = evaluate_ood(
         &run.model,
@@ -411,7 +423,7 @@ pub(crate) fn eval_attack(a: AttackArgs, device: &jem::Device) -> Result<()> {
         start_noise: a.refine_noise,
     };
     let r = attack(
-        &run.model,
+        run.classifier("attack")?,
         &data,
         &cfg,
         &defence,

@@ -50,8 +50,27 @@ enum Command {
     Bench(BenchArgs),
     /// Write one self-contained HTML report of a run (and a baseline beside it).
     Report(ReportArgs),
+    /// One table row per run: method, accuracy, ECE, OOD AUROC, ms per step, recoveries
+    /// (from the runs' saved evaluations; run `jem eval ...` first).
+    Compare(CompareArgs),
     /// Print the default configuration as TOML (a starting point for --config).
     Config,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Run directories.
+    #[arg(required = true)]
+    runs: Vec<std::path::PathBuf>,
+    /// Only these OOD scores (comma-separated, e.g. `logp,py`; default: all saved).
+    #[arg(long, value_delimiter = ',')]
+    scores: Vec<String>,
+    /// Only these OOD sets (comma-separated, e.g. `mnist`; default: all saved).
+    #[arg(long, value_delimiter = ',')]
+    sets: Vec<String>,
+    /// Print JSON instead of a Markdown table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -97,6 +116,21 @@ fn run(cli: Cli) -> Result<()> {
             let html = jem::report::render_report(&a.run, a.baseline.as_deref())?;
             jem::checkpoint::write_atomic(&a.out, html.as_bytes())?;
             eprintln!("wrote {}", a.out.display());
+            Ok(())
+        }
+        Command::Compare(a) => {
+            let mut rows = jem::report::compare::compare(&a.runs)?;
+            for r in &mut rows {
+                r.auroc.retain(|(score, set, _)| {
+                    (a.scores.is_empty() || a.scores.contains(score))
+                        && (a.sets.is_empty() || a.sets.contains(set))
+                });
+            }
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", jem::report::compare::markdown(&rows));
+            }
             Ok(())
         }
         Command::Config => {

@@ -7,8 +7,10 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use jem::config::TrainConfig;
 use jem::data::DatasetKind;
+use jem::init::ChainInit;
 use jem::loss::Objective;
 use jem::model::ModelConfig;
+use jem::sgld::SgldConfig;
 use jem::train::{EvalLine, Observer, RecoveryLine, StepMetrics, Trainer};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -32,8 +34,32 @@ impl From<DatasetArg> for DatasetKind {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum ObjectiveArg {
+    /// Cross-entropy only (the plain classifier baseline).
     Softmax,
+    /// Joint energy-based model (cross-entropy + SGLD-sampled p(x) term).
     Jem,
+    /// IGEBM (Du & Mordatch 2019): scalar energy, contrastive divergence; class-conditional
+    /// with --conditional.
+    Igebm,
+    /// Cross-entropy + learned Stein discrepancy (no sampling).
+    Lsd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum SamplerArg {
+    /// SGLD (JEM: 20 steps of size 1, noise 0.01).
+    Sgld,
+    /// JEM++ proximal SGLD (10 steps of size 0.2, gradient clamped to 0.1, no noise, chains
+    /// kept in [-1, 1]); --sgld-* flags override these.
+    Pyld,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum InitArg {
+    /// Uniform noise in [-1, 1].
+    Uniform,
+    /// JEM++ informative initialisation: class-conditional Gaussians fitted to the data.
+    Informative,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -94,9 +120,18 @@ pub(crate) struct TrainArgs {
     /// Warm-up iterations.
     #[arg(long)]
     pub(crate) warmup_steps: Option<u64>,
+    /// Chain update rule (sets its defaults; --sgld-* flags override them).
+    #[arg(long, value_enum)]
+    pub(crate) sampler: Option<SamplerArg>,
+    /// Where chains start and restart.
+    #[arg(long, value_enum)]
+    pub(crate) init: Option<InitArg>,
     /// SGLD steps per iteration.
     #[arg(long)]
     pub(crate) sgld_steps: Option<usize>,
+    /// Proximal SGLD: clamp of each gradient component.
+    #[arg(long)]
+    pub(crate) sgld_grad_clip: Option<f32>,
     /// SGLD step size.
     #[arg(long)]
     pub(crate) sgld_step_size: Option<f32>,
@@ -118,6 +153,24 @@ pub(crate) struct TrainArgs {
     /// Weight of the p(x) term.
     #[arg(long)]
     pub(crate) px_weight: Option<f32>,
+    /// IGEBM: weight of the energy penalty alpha * (E(x_data)^2 + E(x_sample)^2).
+    #[arg(long)]
+    pub(crate) energy_l2: Option<f32>,
+    /// Divide every weight matrix by its spectral norm after each update.
+    #[arg(long)]
+    pub(crate) spectral_norm: bool,
+    /// LSD: the critic's learning rate.
+    #[arg(long)]
+    pub(crate) critic_lr: Option<f64>,
+    /// LSD: weight lambda of the critic's L2 penalty.
+    #[arg(long)]
+    pub(crate) critic_l2: Option<f32>,
+    /// LSD: critic updates per model update.
+    #[arg(long)]
+    pub(crate) critic_steps: Option<usize>,
+    /// LSD: finite-difference step of the directional derivatives.
+    #[arg(long)]
+    pub(crate) fd_eps: Option<f32>,
     /// Data noise standard deviation.
     #[arg(long)]
     pub(crate) data_noise: Option<f32>,
@@ -153,8 +206,16 @@ impl TrainArgs {
         if let Some(v) = self.warmup_steps {
             c.optim.warmup_steps = v;
         }
+        match self.sampler {
+            Some(SamplerArg::Sgld) => c.sgld = SgldConfig::default(),
+            Some(SamplerArg::Pyld) => c.sgld = SgldConfig::jem_pp(),
+            None => {}
+        }
         if let Some(v) = self.sgld_steps {
             c.sgld.steps = v;
+        }
+        if let Some(v) = self.sgld_grad_clip {
+            c.sgld.grad_clip = v;
         }
         if let Some(v) = self.sgld_step_size {
             c.sgld.step_size = v;
@@ -184,6 +245,8 @@ impl TrainArgs {
             c.loss.objective = match o {
                 ObjectiveArg::Softmax => Objective::Softmax,
                 ObjectiveArg::Jem => Objective::Jem,
+                ObjectiveArg::Igebm => Objective::Igebm,
+                ObjectiveArg::Lsd => Objective::Lsd,
             };
         }
         match self.arch {
@@ -215,6 +278,29 @@ impl TrainArgs {
         }
         if self.conditional {
             c.buffer.conditional = true;
+        }
+        match self.init {
+            Some(InitArg::Uniform) => c.buffer.init = ChainInit::Uniform,
+            Some(InitArg::Informative) => c.buffer.init = ChainInit::Informative,
+            None => {}
+        }
+        if let Some(v) = self.energy_l2 {
+            c.loss.energy_l2 = v;
+        }
+        if self.spectral_norm {
+            c.optim.spectral_norm = true;
+        }
+        if let Some(v) = self.critic_lr {
+            c.loss.lsd.critic_lr = v;
+        }
+        if let Some(v) = self.critic_l2 {
+            c.loss.lsd.critic_l2 = v;
+        }
+        if let Some(v) = self.critic_steps {
+            c.loss.lsd.critic_steps = v;
+        }
+        if let Some(v) = self.fd_eps {
+            c.loss.lsd.fd_eps = v;
         }
         if let Some(v) = self.pxy_weight {
             c.loss.pxy_weight = v;
@@ -254,12 +340,13 @@ impl Observer for Progress {
                 .lse_sample
                 .map(|s| format!(" lse d/s {:.2}/{:.2}", m.lse_data, s))
                 .unwrap_or_default();
+            let ce = m.ce.map(|v| format!(" ce {v:.4}")).unwrap_or_default();
+            let acc = m.acc.map(|v| format!(" acc {v:.3}")).unwrap_or_default();
+            let stein = m.stein.map(|v| format!(" sd {v:.3}")).unwrap_or_default();
             bar.set_message(format!(
-                "epoch {} loss {:.4} ce {:.4} acc {:.3}{sample} lr {:.1e}",
+                "epoch {} loss {:.4}{ce}{acc}{sample}{stein} lr {:.1e}",
                 m.step.saturating_sub(1) / self.per_epoch.max(1) + 1,
                 m.loss,
-                m.ce,
-                m.acc,
                 m.lr
             ));
         }
@@ -342,10 +429,11 @@ pub(crate) fn train(args: TrainArgs, device: &jem::Device) -> Result<()> {
     }
     let summary = summary?;
     if let Some(m) = &summary.last {
-        eprintln!(
-            "finished at step {}: loss {:.4}, batch accuracy {:.3}",
-            summary.step, m.loss, m.acc
-        );
+        let acc = m
+            .acc
+            .map(|a| format!(", batch accuracy {a:.3}"))
+            .unwrap_or_default();
+        eprintln!("finished at step {}: loss {:.4}{acc}", summary.step, m.loss);
     } else {
         eprintln!("nothing to do: the run is already at step {}", summary.step);
     }

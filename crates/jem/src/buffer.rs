@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointError, read_safetensors, write_safetensors};
 use crate::config::ConfigError;
+use crate::init::{ChainInit, ChainStart};
 use crate::rng::Rng;
 
 /// Replay buffer settings.
@@ -23,6 +24,8 @@ pub struct BufferConfig {
     pub reinit_freq: f32,
     /// Class-conditional chains (a partition per class, sampling `log p(x, y)`).
     pub conditional: bool,
+    /// Where chains start and restart: uniform noise or JEM++'s class Gaussians.
+    pub init: ChainInit,
 }
 
 impl Default for BufferConfig {
@@ -31,6 +34,7 @@ impl Default for BufferConfig {
             size: 10_000,
             reinit_freq: 0.05,
             conditional: false,
+            init: ChainInit::Uniform,
         }
     }
 }
@@ -91,6 +95,7 @@ pub struct ReplayBuffer {
     shape: [usize; 3],
     num_classes: usize,
     conditional: bool,
+    start: ChainStart,
 }
 
 impl ReplayBuffer {
@@ -101,15 +106,46 @@ impl ReplayBuffer {
         num_classes: usize,
         rng: &mut Rng,
     ) -> Self {
+        Self::new(cfg, shape, num_classes, ChainStart::Uniform, rng)
+    }
+
+    /// A buffer whose chains start (and restart) from `start`; a conditional buffer's
+    /// partition `k` starts from class `k`'s distribution.
+    pub fn new(
+        cfg: &BufferConfig,
+        shape: [usize; 3],
+        num_classes: usize,
+        start: ChainStart,
+        rng: &mut Rng,
+    ) -> Self {
         let n = shape.iter().product::<usize>();
         let mut data = vec![0.0f32; cfg.size * n];
-        rng.fill_uniform(&mut data, -1.0, 1.0);
+        let classes: Option<Vec<usize>> = cfg.conditional.then(|| {
+            let per = cfg.size / num_classes;
+            (0..cfg.size)
+                .map(|i| (i / per).min(num_classes - 1))
+                .collect()
+        });
+        start.fill(&mut data, cfg.size, classes.as_deref(), rng);
         ReplayBuffer {
             data,
             shape,
             num_classes,
             conditional: cfg.conditional,
+            start,
         }
+    }
+
+    /// The same chains, restarted from `start` from now on (a loaded buffer starts uniform).
+    pub fn with_start(mut self, start: ChainStart) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Class of the partition holding chain `i` (conditional buffers only).
+    fn class_of(&self, i: usize) -> Option<usize> {
+        self.conditional
+            .then(|| (i / (self.len() / self.num_classes)).min(self.num_classes - 1))
     }
 
     /// Number of chains.
@@ -165,7 +201,13 @@ impl ReplayBuffer {
                 n_reinit += 1;
                 let from = start.len();
                 start.resize(from + n, 0.0);
-                rng.fill_uniform(&mut start[from..], -1.0, 1.0);
+                let class = self.class_of(s);
+                self.start.fill(
+                    &mut start[from..],
+                    1,
+                    class.as_ref().map(std::slice::from_ref),
+                    rng,
+                );
             } else {
                 start.extend_from_slice(self.chain(s));
             }
@@ -186,14 +228,22 @@ impl ReplayBuffer {
         }
     }
 
-    /// Restart from uniform noise every chain holding a non-finite value or one beyond
-    /// `saturation` in magnitude; returns how many were restarted.
+    /// Restart (from the buffer's start distribution) every chain holding a non-finite value
+    /// or one beyond `saturation` in magnitude; returns how many were restarted.
     pub fn reinit_broken(&mut self, saturation: f32, rng: &mut Rng) -> usize {
         let n = self.image_len();
         let mut count = 0;
-        for chain in self.data.chunks_exact_mut(n) {
+        for i in 0..self.len() {
+            let chain = &self.data[i * n..(i + 1) * n];
             if chain.iter().any(|v| !v.is_finite() || v.abs() > saturation) {
-                rng.fill_uniform(chain, -1.0, 1.0);
+                let class = self.class_of(i);
+                let start = self.start.clone();
+                start.fill(
+                    &mut self.data[i * n..(i + 1) * n],
+                    1,
+                    class.as_ref().map(std::slice::from_ref),
+                    rng,
+                );
                 count += 1;
             }
         }
@@ -231,6 +281,7 @@ impl ReplayBuffer {
             shape,
             num_classes,
             conditional: cfg.conditional,
+            start: ChainStart::Uniform,
         })
     }
 }

@@ -23,7 +23,6 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::model::Classifier;
 use crate::rng::Rng;
 
 /// File names inside a run directory.
@@ -36,6 +35,10 @@ pub mod files {
     pub const OPTIM: &str = "optim.safetensors";
     /// Replay buffer.
     pub const BUFFER: &str = "buffer.safetensors";
+    /// Stein critic weights (`--objective lsd`).
+    pub const CRITIC: &str = "critic.safetensors";
+    /// Stein critic optimiser state.
+    pub const CRITIC_OPTIM: &str = "critic_optim.safetensors";
     /// Counters and RNG state; written last.
     pub const STATE: &str = "state.json";
     /// One JSON line per logged step.
@@ -276,7 +279,7 @@ impl RunState {
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Save the model weights through burn-store, with `step` in the header, atomically.
-pub fn save_model(model: &Classifier, path: &Path, step: u64) -> Result<(), CheckpointError> {
+pub fn save_model<M: Module>(model: &M, path: &Path, step: u64) -> Result<(), CheckpointError> {
     let mut store = SafetensorsStore::from_bytes(None).metadata("step", step.to_string());
     model
         .save_into(&mut store)
@@ -289,11 +292,11 @@ pub fn save_model(model: &Classifier, path: &Path, step: u64) -> Result<(), Chec
 
 /// Load weights saved by [`save_model`] into `model` (built from the same config). With
 /// `step` given, the file must belong to that step.
-pub fn load_model(
-    mut model: Classifier,
+pub fn load_model<M: Module>(
+    mut model: M,
     path: &Path,
     step: Option<u64>,
-) -> Result<Classifier, CheckpointError> {
+) -> Result<M, CheckpointError> {
     let bytes = match step {
         Some(s) => read_checked(path, s)?.0,
         None => {
@@ -324,7 +327,7 @@ pub fn load_model(
 }
 
 /// Whether every parameter of `model` is finite (a NaN never reaches a saved model).
-pub fn params_finite(model: &Classifier) -> bool {
+pub fn params_finite<M: Module>(model: &M) -> bool {
     struct Sums(Vec<Tensor<1>>);
     impl ModuleVisitor for Sums {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -365,7 +368,13 @@ fn file_step(path: &Path) -> Option<u64> {
 /// uncommitted checkpoint) are removed.
 pub fn recover(dir: &Path) -> Result<RunState, CheckpointError> {
     let state = load_state(dir)?;
-    for name in [files::MODEL, files::OPTIM, files::BUFFER] {
+    for name in [
+        files::MODEL,
+        files::OPTIM,
+        files::BUFFER,
+        files::CRITIC,
+        files::CRITIC_OPTIM,
+    ] {
         let path = dir.join(name);
         let next = staged(&path);
         if !next.exists() {

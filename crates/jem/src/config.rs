@@ -166,6 +166,16 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Outputs of the network: one per class, or one for an unconditional IGEBM (a scalar
+    /// energy).
+    pub fn model_outputs(&self, num_classes: usize) -> usize {
+        if self.loss.objective == crate::loss::Objective::Igebm && !self.buffer.conditional {
+            1
+        } else {
+            num_classes
+        }
+    }
+
     /// Read a TOML config file; missing fields take their defaults, unknown fields are errors.
     pub fn from_file(path: &Path) -> Result<Self, crate::Error> {
         let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;

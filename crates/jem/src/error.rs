@@ -40,6 +40,16 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// An evaluation that needs `p(y|x)` on a run whose model is a scalar energy.
+    #[error(
+        "{run_dir}: {what} needs a classifier, but this run's model is a scalar energy (objective igebm without --conditional); use `jem eval ood` (scores logp, pxgrad) or `jem eval samples`"
+    )]
+    NotAClassifier {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// The evaluation asked for.
+        what: String,
+    },
     /// Inputs of the wrong shape for a model or an evaluation.
     #[error("shape mismatch: {0}")]
     Shape(String),

@@ -1,5 +1,8 @@
-//! Objectives: `softmax` (cross-entropy) and `jem`, a weighted sum of
-//! `-log p(y|x)`, the contrastive `log p(x)` term and the contrastive `log p(x, y)` term.
+//! Objectives: `softmax` (cross-entropy); `jem`, a weighted sum of `-log p(y|x)`, the
+//! contrastive `log p(x)` term and the contrastive `log p(x, y)` term; `igebm`, Du &
+//! Mordatch's contrastive divergence on a scalar (or class-conditional) energy with an L2
+//! penalty on the energies; and `lsd`, cross-entropy plus a learned Stein discrepancy
+//! (see [`crate::lsd`]).
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -15,6 +18,24 @@ pub enum Objective {
     Softmax,
     /// Joint energy-based model.
     Jem,
+    /// IGEBM (Du & Mordatch 2019): a scalar energy `E(x) = -f(x)` (a 1-unit head), or with
+    /// a class-conditional buffer `E(x|y) = -f(x)[y]`, trained by contrastive divergence
+    /// with SGLD and a replay buffer; no classifier term.
+    Igebm,
+    /// Cross-entropy plus a learned Stein discrepancy (Grathwohl et al. 2020): no sampling.
+    Lsd,
+}
+
+impl Objective {
+    /// Name as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::Softmax => "softmax",
+            Objective::Jem => "jem",
+            Objective::Igebm => "igebm",
+            Objective::Lsd => "lsd",
+        }
+    }
 }
 
 /// Objective and weights (paper defaults: `p(y|x)` 1, `p(x)` 1, `p(x, y)` 0).
@@ -29,6 +50,11 @@ pub struct LossConfig {
     pub px_weight: f32,
     /// Weight of `-mean(f(x_data)[y]) + mean(f(x_sample|y)[y])`, samples conditioned on `y`.
     pub pxy_weight: f32,
+    /// IGEBM: weight `alpha` of the energy penalty `alpha * mean(E(x_data)^2 + E(x_sample)^2)`
+    /// (Du & Mordatch: 1).
+    pub energy_l2: f32,
+    /// Learned Stein discrepancy settings (`--objective lsd`).
+    pub lsd: crate::lsd::LsdConfig,
 }
 
 impl Default for LossConfig {
@@ -38,6 +64,8 @@ impl Default for LossConfig {
             pyx_weight: 1.0,
             px_weight: 1.0,
             pxy_weight: 0.0,
+            energy_l2: 1.0,
+            lsd: crate::lsd::LsdConfig::default(),
         }
     }
 }
@@ -45,7 +73,11 @@ impl Default for LossConfig {
 impl LossConfig {
     /// Whether the objective needs SGLD samples.
     pub fn needs_sampling(&self) -> bool {
-        self.objective == Objective::Jem && (self.px_weight > 0.0 || self.pxy_weight > 0.0)
+        match self.objective {
+            Objective::Jem => self.px_weight > 0.0 || self.pxy_weight > 0.0,
+            Objective::Igebm => true,
+            Objective::Softmax | Objective::Lsd => false,
+        }
     }
 
     /// Check the weights.
@@ -54,6 +86,7 @@ impl LossConfig {
             ("loss.pyx_weight", self.pyx_weight),
             ("loss.px_weight", self.px_weight),
             ("loss.pxy_weight", self.pxy_weight),
+            ("loss.energy_l2", self.energy_l2),
         ] {
             if !(w.is_finite() && w >= 0.0) {
                 return Err(ConfigError::field(
@@ -65,6 +98,11 @@ impl LossConfig {
         let active = match self.objective {
             Objective::Softmax => self.pyx_weight,
             Objective::Jem => self.pyx_weight + self.px_weight + self.pxy_weight,
+            Objective::Igebm => 1.0,
+            Objective::Lsd => {
+                self.lsd.validate()?;
+                self.pyx_weight + self.px_weight
+            }
         };
         if active == 0.0 {
             return Err(ConfigError::field(
@@ -87,8 +125,6 @@ pub struct LossParts {
     pub lse_data: Tensor<1>,
     /// `mean(lse(f(x_sample)))` over the `p(x)` samples (0 without).
     pub lse_sample: Option<Tensor<1>>,
-    /// Fraction of the data batch classified correctly.
-    pub correct: Tensor<1>,
 }
 
 /// Combine the logits of the data batch and of the samples.
@@ -121,14 +157,37 @@ pub fn loss(
             total = total + (e_s - e_d).mul_scalar(cfg.pxy_weight);
         }
     }
-    let pred = data.argmax(1); // [b, 1]
-    let truth = data_oh.argmax(1); // [b, 1]
-    let correct = pred.equal(truth).float().mean(); // [1]
     LossParts {
         total,
         ce,
         lse_data,
         lse_sample,
-        correct,
     }
+}
+
+/// The IGEBM objective: contrastive divergence on the energies `E = -f` of data and samples,
+/// plus `alpha` times their squares, `mean(f(x_s)) - mean(f(x_d)) + alpha * mean(f(x_d)^2 +
+/// f(x_s)^2)`. With one output `f` is the scalar negative energy; with class outputs and
+/// one-hot rows given, `f(x)[y]` of each image's class.
+///
+/// # Shapes
+/// - `data, samples: [b, k]` logits (`k = 1` for the unconditional model)
+/// - `oh: ([b, k] data one-hot, [b, k] sample one-hot)` for the conditional model
+///
+/// Returns `(total, mean f(x_data), mean f(x_samples))`, each `[1]`.
+pub fn igebm_loss(
+    alpha: f32,
+    data: Tensor<2>,
+    samples: Tensor<2>,
+    oh: Option<(Tensor<2>, Tensor<2>)>,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    let (fd, fs) = match oh {
+        Some((od, os)) => (log_pxy(data, od), log_pxy(samples, os)), // [b], [b]
+        None => (logsumexp(data), logsumexp(samples)), // one unit: lse is the unit itself
+    };
+    let reg =
+        (fd.clone().powi_scalar(2).mean() + fs.clone().powi_scalar(2).mean()).mul_scalar(alpha); // [1]
+    let md = fd.mean(); // [1]
+    let ms = fs.mean(); // [1]
+    (ms.clone() - md.clone() + reg, md, ms)
 }

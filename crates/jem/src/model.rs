@@ -3,7 +3,7 @@
 //! Both use LeakyReLU(0.2) (smooth enough gradients for SGLD) and no normalisation by default,
 //! as in the JEM paper; the Wide-ResNet can add batch or group norm and dropout.
 
-use burn::module::{ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, GroupNorm, GroupNormConfig, Linear,
@@ -134,7 +134,7 @@ impl ModelConfig {
 /// Initialise every parameter now. burn initialises parameters lazily and a clone shares the
 /// pending initialiser, so without this a frozen clone (`no_grad`, as SGLD uses) made before
 /// the first forward would initialise the original's parameters without gradients too.
-fn materialize(model: &Classifier) {
+pub(crate) fn materialize<M: Module>(model: &M) {
     struct Touch;
     impl ModuleVisitor for Touch {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointError, read_safetensors, write_safetensors};
 use crate::config::ConfigError;
-use crate::model::Classifier;
 
 /// The update rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +50,12 @@ pub struct OptimConfig {
     pub decay_epochs: Vec<u64>,
     /// Factor of each decay.
     pub decay_rate: f64,
+    /// Spectral normalisation: after every update each weight matrix (a convolution's
+    /// kernel reshaped to `[out, in * kh * kw]`, a linear layer's weight) is divided by its
+    /// largest singular value, found by power iteration. This is the projected form of
+    /// Miyato et al.'s reparametrisation (the same weights after each step; gradients do not
+    /// flow through the normalisation).
+    pub spectral_norm: bool,
 }
 
 impl Default for OptimConfig {
@@ -66,6 +71,7 @@ impl Default for OptimConfig {
             warmup_steps: 1000,
             decay_epochs: vec![160, 180],
             decay_rate: 0.3,
+            spectral_norm: false,
         }
     }
 }
@@ -141,8 +147,9 @@ impl Optimizer {
         self.steps
     }
 
-    /// Apply one update with learning rate `lr`.
-    pub fn step(&mut self, lr: f64, model: Classifier, grads: GradientsParams) -> Classifier {
+    /// Apply one update with learning rate `lr` to any module (the classifier, or the Stein
+    /// critic of `--objective lsd`, each with its own optimiser).
+    pub fn step<M: Module>(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
         self.steps += 1;
         let mut mapper = UpdateMapper {
             opt: self,
@@ -150,7 +157,12 @@ impl Optimizer {
             lr,
             index: 0,
         };
-        model.map(&mut mapper)
+        let model = model.map(&mut mapper);
+        if self.cfg.spectral_norm {
+            spectral_normalize(model)
+        } else {
+            model
+        }
     }
 
     fn update(&mut self, index: usize, p: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
@@ -298,4 +310,70 @@ impl ModuleMapper for UpdateMapper<'_> {
         }
         Param::from_mapped_value(id, t, mapper)
     }
+}
+
+/// Power iterations per spectral-norm estimate (from a fixed start, so the result is a
+/// function of the weights alone and a resumed run normalises identically).
+const POWER_ITERATIONS: usize = 30;
+
+/// Largest singular value of the row-major `[rows, cols]` matrix `w`, by power iteration.
+pub fn spectral_norm(w: &[f32], rows: usize, cols: usize) -> f32 {
+    let mut v = vec![1.0f64 / (cols as f64).sqrt(); cols];
+    let mut u = vec![0.0f64; rows];
+    let mut sigma = 0.0f64;
+    for _ in 0..POWER_ITERATIONS {
+        for (r, ur) in u.iter_mut().enumerate() {
+            let row = &w[r * cols..(r + 1) * cols];
+            *ur = row.iter().zip(&v).map(|(&a, &b)| a as f64 * b).sum();
+        }
+        let nu = u.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if nu == 0.0 {
+            return 0.0;
+        }
+        u.iter_mut().for_each(|x| *x /= nu);
+        v.iter_mut().for_each(|x| *x = 0.0);
+        for (r, &ur) in u.iter().enumerate() {
+            let row = &w[r * cols..(r + 1) * cols];
+            for (vc, &a) in v.iter_mut().zip(row) {
+                *vc += a as f64 * ur;
+            }
+        }
+        sigma = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if sigma == 0.0 {
+            return 0.0;
+        }
+        v.iter_mut().for_each(|x| *x /= sigma);
+    }
+    sigma as f32
+}
+
+/// Divide every weight of rank 2 or more by its spectral norm (see
+/// [`OptimConfig::spectral_norm`]); biases and normalisation parameters are left alone.
+pub fn spectral_normalize<M: Module>(model: M) -> M {
+    struct Sn;
+    impl ModuleMapper for Sn {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if D < 2 {
+                return param;
+            }
+            let (id, tensor, mapper) = param.consume();
+            let require_grad = tensor.is_require_grad();
+            let dims = tensor.dims();
+            let inner = tensor.inner();
+            let values: Vec<f32> = inner.to_data().try_to_vec().expect("f32 weights");
+            let rows = dims[0];
+            let sigma = spectral_norm(&values, rows, values.len() / rows.max(1));
+            let scaled = if sigma > 0.0 && sigma.is_finite() {
+                inner.div_scalar(sigma)
+            } else {
+                inner
+            };
+            let mut t = Tensor::from_inner(scaled);
+            if require_grad {
+                t = t.require_grad();
+            }
+            Param::from_mapped_value(id, t, mapper)
+        }
+    }
+    model.map(&mut Sn)
 }

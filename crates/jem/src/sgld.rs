@@ -1,4 +1,8 @@
-//! Stochastic gradient Langevin dynamics on the input: `x <- x + a * d target/dx + s * noise`.
+//! Stochastic gradient Langevin dynamics on the input: `x <- x + a * d target/dx + s * noise`,
+//! and JEM++'s proximal variant (Yang & Ji, ICCV 2021), which clamps each gradient component
+//! to `[-clip, clip]` and projects the chains back onto the data range `[-1, 1]` after every
+//! step: `x <- clamp(x + a * clamp(d target/dx, -clip, clip) + s * noise, -1, 1)` (the clamp
+//! to the box is the proximal operator of its indicator).
 //!
 //! [`sgld`] is a pure function of (model, start, rng, params): it freezes the parameters
 //! itself, draws all its noise from the generator passed in, and changes nothing else.
@@ -11,29 +15,58 @@ use crate::energy::{Target, input_grad};
 use crate::model::Classifier;
 use crate::rng::Rng;
 
+/// The update rule of the chains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerKind {
+    /// Plain SGLD, unconstrained (JEM).
+    #[default]
+    Sgld,
+    /// Proximal SGLD (JEM++): clamped gradient, chains kept in `[-1, 1]`.
+    Pyld,
+}
+
 /// SGLD parameters (paper defaults: 20 steps, step size 1, noise 0.01).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SgldConfig {
+    /// The update rule.
+    pub sampler: SamplerKind,
     /// Number of steps per chain and training iteration.
     pub steps: usize,
     /// Step size `a` on the gradient of the target.
     pub step_size: f32,
     /// Standard deviation `s` of the Gaussian noise added per step.
     pub noise_std: f32,
+    /// Proximal SGLD only: each gradient component is clamped to `[-grad_clip, grad_clip]`.
+    pub grad_clip: f32,
 }
 
 impl Default for SgldConfig {
     fn default() -> Self {
         SgldConfig {
+            sampler: SamplerKind::Sgld,
             steps: 20,
             step_size: 1.0,
             noise_std: 0.01,
+            grad_clip: 0.1,
         }
     }
 }
 
 impl SgldConfig {
+    /// JEM++'s sampler settings: proximal SGLD, 10 steps of size 0.2 with gradient
+    /// components clamped to 0.1, no noise.
+    pub fn jem_pp() -> Self {
+        SgldConfig {
+            sampler: SamplerKind::Pyld,
+            steps: 10,
+            step_size: 0.2,
+            noise_std: 0.0,
+            grad_clip: 0.1,
+        }
+    }
+
     /// Check the values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.step_size.is_finite() && self.step_size > 0.0) {
@@ -46,6 +79,12 @@ impl SgldConfig {
             return Err(ConfigError::field(
                 "sgld.noise_std",
                 format!("{}: must be non-negative and finite", self.noise_std),
+            ));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip > 0.0) {
+            return Err(ConfigError::field(
+                "sgld.grad_clip",
+                format!("{}: must be positive and finite", self.grad_clip),
             ));
         }
         Ok(())
@@ -64,8 +103,8 @@ pub struct SgldOutput {
     pub grad_norm: f32,
 }
 
-/// Run `params.steps` SGLD steps from `start` on `target` (use [`Target::Marginal`] for
-/// `log p(x)`, [`Target::Joint`] for `log p(x, y)`).
+/// Run `params.steps` SGLD (or proximal SGLD) steps from `start` on `target` (use
+/// [`Target::Marginal`] for `log p(x)`, [`Target::Joint`] for `log p(x, y)`).
 ///
 /// # Shapes
 /// `start: [b, c, h, w] -> samples [b, c, h, w]`
@@ -84,11 +123,18 @@ pub fn sgld(
     let mut last_grad: Option<Tensor<4>> = None;
     for _ in 0..params.steps {
         let (g, _) = input_grad(model, x.clone(), target); // [b, c, h, w]
-        x = x + g.clone().mul_scalar(params.step_size);
+        let drift = match params.sampler {
+            SamplerKind::Sgld => g.clone(),
+            SamplerKind::Pyld => g.clone().clamp(-params.grad_clip, params.grad_clip),
+        }; // [b, c, h, w]
+        x = x + drift.mul_scalar(params.step_size);
         if params.noise_std > 0.0 {
             rng.fill_normal(&mut noise, params.noise_std);
             let n = Tensor::<4>::from_data(TensorData::new(noise.clone(), dims), &device);
             x = x + n;
+        }
+        if params.sampler == SamplerKind::Pyld {
+            x = x.clamp(-1.0, 1.0);
         }
         last_grad = Some(g);
     }

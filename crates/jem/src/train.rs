@@ -14,8 +14,11 @@ use crate::checkpoint::{self, CheckpointError, RunState, files, params_finite, s
 use crate::config::{ConfigError, TrainConfig};
 use crate::data::{BatchSampler, Dataset, Split, load_split};
 use crate::eval::accuracy::accuracy;
+use crate::init::{ChainInit, ChainStart, ClassGaussians};
+use crate::loss::Objective;
+use crate::lsd::{CriticState, lsd_iteration};
 use crate::model::Classifier;
-use crate::optim::Optimizer;
+use crate::optim::{OptimConfig, Optimizer};
 use crate::rng::Rng;
 pub use crate::step::{Divergence, LOSS_LIMIT, StepMetrics, iteration};
 use crate::{Error, Result};
@@ -97,6 +100,10 @@ pub struct Trainer {
     model: Classifier,
     optim: Optimizer,
     buffer: Option<ReplayBuffer>,
+    /// Where buffer chains start and restart (fitted from the training data when informative).
+    start: ChainStart,
+    /// The Stein critic of `--objective lsd`.
+    critic: Option<CriticState>,
     state: RunState,
     train: Dataset,
     valid: Dataset,
@@ -113,7 +120,37 @@ struct Snapshot {
     model: Classifier,
     optim: Optimizer,
     buffer: Option<ReplayBuffer>,
+    critic: Option<CriticState>,
     state: RunState,
+}
+
+/// What a checkpoint restores besides the run state.
+struct Loaded {
+    model: Classifier,
+    optim: Optimizer,
+    buffer: Option<ReplayBuffer>,
+    critic: Option<CriticState>,
+}
+
+/// The critic's optimiser settings: the model's algorithm at the critic's own rate, no
+/// warm-up, decay or weight decay.
+fn critic_optim_config(cfg: &TrainConfig) -> OptimConfig {
+    OptimConfig {
+        lr: cfg.loss.lsd.critic_lr,
+        warmup_steps: 0,
+        decay_epochs: Vec::new(),
+        weight_decay: 0.0,
+        spectral_norm: false,
+        ..cfg.optim.clone()
+    }
+}
+
+/// A fresh critic, if the objective needs one.
+fn new_critic(cfg: &TrainConfig, channels: usize, device: &Device) -> Option<CriticState> {
+    (cfg.loss.objective == Objective::Lsd).then(|| CriticState {
+        critic: cfg.loss.lsd.init_critic(channels, device),
+        optim: Optimizer::new(&critic_optim_config(cfg)),
+    })
 }
 
 /// Model, optimiser and buffer of the checkpoint at `step` in `dir`.
@@ -123,8 +160,11 @@ fn load_checkpoint(
     device: &Device,
     step: u64,
     train: &Dataset,
-) -> Result<(Classifier, Optimizer, Option<ReplayBuffer>)> {
-    let model = cfg.model.init(train.shape[0], train.num_classes, device);
+    start: &ChainStart,
+) -> Result<Loaded> {
+    let model = cfg
+        .model
+        .init(train.shape[0], cfg.model_outputs(train.num_classes), device);
     let model = checkpoint::load_model(model, &dir.join(files::MODEL), Some(step))?;
     let optim = Optimizer::load(
         &dir.join(files::OPTIM),
@@ -133,17 +173,51 @@ fn load_checkpoint(
         &device.clone().inner(),
     )?;
     let buffer = if cfg.loss.needs_sampling() {
-        Some(ReplayBuffer::load(
-            &dir.join(files::BUFFER),
-            step,
-            &cfg.buffer,
-            train.shape,
-            train.num_classes,
-        )?)
+        Some(
+            ReplayBuffer::load(
+                &dir.join(files::BUFFER),
+                step,
+                &cfg.buffer,
+                train.shape,
+                train.num_classes,
+            )?
+            .with_start(start.clone()),
+        )
     } else {
         None
     };
-    Ok((model, optim, buffer))
+    let critic = match new_critic(cfg, train.shape[0], device) {
+        Some(fresh) => Some(CriticState {
+            critic: checkpoint::load_model(fresh.critic, &dir.join(files::CRITIC), Some(step))?,
+            optim: Optimizer::load(
+                &dir.join(files::CRITIC_OPTIM),
+                step,
+                &critic_optim_config(cfg),
+                &device.clone().inner(),
+            )?,
+        }),
+        None => None,
+    };
+    Ok(Loaded {
+        model,
+        optim,
+        buffer,
+        critic,
+    })
+}
+
+/// The chain start distribution `cfg` asks for (class Gaussians are fitted to `train`).
+fn chain_start(cfg: &TrainConfig, train: &Dataset, device: &Device) -> Result<ChainStart> {
+    if !cfg.loss.needs_sampling() || cfg.buffer.init == ChainInit::Uniform {
+        return Ok(ChainStart::Uniform);
+    }
+    let t0 = Instant::now();
+    let g = ClassGaussians::fit(train, &device.clone().inner())?;
+    tracing::info!(
+        seconds = t0.elapsed().as_secs_f64(),
+        "fitted class Gaussians for informative chain initialisation"
+    );
+    Ok(ChainStart::Gaussians(std::sync::Arc::new(g)))
 }
 
 fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
@@ -192,12 +266,23 @@ impl Trainer {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let device = device.clone().autodiff();
         device.seed(cfg.seed);
-        let model = cfg.model.init(train.shape[0], train.num_classes, &device);
+        let model = cfg.model.init(
+            train.shape[0],
+            cfg.model_outputs(train.num_classes),
+            &device,
+        );
+        let critic = new_critic(&cfg, train.shape[0], &device);
         let mut rng = Rng::new(cfg.seed, 1);
-        let buffer = cfg
-            .loss
-            .needs_sampling()
-            .then(|| ReplayBuffer::uniform(&cfg.buffer, train.shape, train.num_classes, &mut rng));
+        let start = chain_start(&cfg, &train, &device)?;
+        let buffer = cfg.loss.needs_sampling().then(|| {
+            ReplayBuffer::new(
+                &cfg.buffer,
+                train.shape,
+                train.num_classes,
+                start.clone(),
+                &mut rng,
+            )
+        });
         checkpoint::write_atomic(&dir.join(files::CONFIG), cfg.to_toml().as_bytes())?;
         std::fs::File::create(dir.join(files::METRICS))
             .map_err(|e| Error::io(dir.join(files::METRICS), e))?;
@@ -209,6 +294,8 @@ impl Trainer {
             device,
             model,
             buffer,
+            start,
+            critic,
             state: RunState::new(rng),
             train,
             valid,
@@ -252,7 +339,13 @@ impl Trainer {
         let state = checkpoint::recover(dir)?;
         let (train, valid) = load_data(&cfg)?;
         let device = device.clone().autodiff();
-        let (model, optim, buffer) = load_checkpoint(&cfg, dir, &device, state.step, &train)?;
+        let start = chain_start(&cfg, &train, &device)?;
+        let Loaded {
+            model,
+            optim,
+            buffer,
+            critic,
+        } = load_checkpoint(&cfg, dir, &device, state.step, &train, &start)?;
         truncate_metrics(&dir.join(files::METRICS), state.step)?;
         if cfg != saved {
             checkpoint::write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
@@ -267,6 +360,8 @@ impl Trainer {
             model,
             optim,
             buffer,
+            start,
+            critic,
             state,
             train,
             valid,
@@ -316,6 +411,7 @@ impl Trainer {
             model: self.model.clone(),
             optim: self.optim.clone(),
             buffer: self.buffer.clone(),
+            critic: self.critic.clone(),
             state: self.state.clone(),
         }
     }
@@ -338,6 +434,10 @@ impl Trainer {
         snap.optim.save(&staged(files::OPTIM), step)?;
         if let Some(b) = &snap.buffer {
             b.save(&staged(files::BUFFER), step)?;
+        }
+        if let Some(c) = &snap.critic {
+            save_model(&c.critic, &staged(files::CRITIC), step)?;
+            c.optim.save(&staged(files::CRITIC_OPTIM), step)?;
         }
         checkpoint::save_state(&self.dir, &snap.state)?;
         checkpoint::recover(&self.dir)?;
@@ -407,8 +507,14 @@ impl Trainer {
             });
         }
         let state = checkpoint::recover(&self.dir)?;
-        let (model, optim, buffer) =
-            load_checkpoint(&self.cfg, &self.dir, &self.device, state.step, &self.train)?;
+        let loaded = load_checkpoint(
+            &self.cfg,
+            &self.dir,
+            &self.device,
+            state.step,
+            &self.train,
+            &self.start,
+        )?;
         let back = RunState {
             recoveries: self.state.recoveries + 1,
             lr_scale: self.state.lr_scale * r.lr_factor,
@@ -416,7 +522,9 @@ impl Trainer {
             extra_sgld_steps: self.state.extra_sgld_steps + r.extra_sgld_steps,
             ..state
         };
-        (self.model, self.optim, self.buffer, self.state) = (model, optim, buffer, back);
+        (self.model, self.optim, self.buffer, self.critic) =
+            (loaded.model, loaded.optim, loaded.buffer, loaded.critic);
+        self.state = back;
         // Chains that hold NaN or saturated values would diverge again: restart them.
         let reinit_chains = match self.buffer.as_mut() {
             Some(b) => b.reinit_broken(r.chain_saturation, &mut self.state.rng),
@@ -481,18 +589,33 @@ impl Trainer {
             let lr = self.cfg.optim.lr_at(step, epoch) * self.state.lr_scale;
             let cfg = self.effective_config();
             let model = self.model.clone();
-            let out = iteration(
-                &cfg,
-                model,
-                &mut self.optim,
-                self.buffer.as_mut(),
-                &batch,
-                shape,
-                num_classes,
-                lr,
-                &mut self.state.rng,
-                &self.device,
-            );
+            let out = match self.critic.as_mut() {
+                Some(critic) => lsd_iteration(
+                    &cfg,
+                    model,
+                    &mut self.optim,
+                    critic,
+                    &batch,
+                    shape,
+                    num_classes,
+                    lr,
+                    cfg.loss.lsd.critic_lr * self.state.lr_scale,
+                    &mut self.state.rng,
+                    &self.device,
+                ),
+                None => iteration(
+                    &cfg,
+                    model,
+                    &mut self.optim,
+                    self.buffer.as_mut(),
+                    &batch,
+                    shape,
+                    num_classes,
+                    lr,
+                    &mut self.state.rng,
+                    &self.device,
+                ),
+            };
             let flagged = match &out {
                 Ok((_, m)) => self.watch(m),
                 Err(d) => Some(d.clone()),
@@ -538,7 +661,9 @@ impl Trainer {
             }
             obs.on_step(&m);
             summary.last = Some(m);
-            if end_of_epoch && self.cfg.schedule.eval_valid && !self.valid.is_empty() {
+            let classifies = self.cfg.model_outputs(num_classes) > 1;
+            if end_of_epoch && self.cfg.schedule.eval_valid && classifies && !self.valid.is_empty()
+            {
                 let r = accuracy(
                     &self.model,
                     &self.valid,

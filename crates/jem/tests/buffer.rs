@@ -38,6 +38,7 @@ fn drawn_chains_are_the_stored_ones_or_fresh_uniform_noise() {
         size: 50,
         reinit_freq: 0.5,
         conditional: false,
+        ..Default::default()
     };
     let mut buf = ReplayBuffer::uniform(&cfg, [1, 2, 2], 10, &mut rng);
     // Mark every stored chain with a value noise can never produce.
@@ -64,6 +65,7 @@ fn conditional_draws_stay_in_their_class_partition() {
         size: 100,
         reinit_freq: 0.05,
         conditional: true,
+        ..Default::default()
     };
     let buf = ReplayBuffer::uniform(&cfg, [1, 2, 2], 10, &mut rng);
     let labels: Vec<usize> = (0..500).map(|i| i % 10).collect();
@@ -91,6 +93,7 @@ fn save_and_load_round_trip_exactly_and_reject_mismatches() {
         size: 30,
         reinit_freq: 0.05,
         conditional: true,
+        ..Default::default()
     };
     let buf = ReplayBuffer::uniform(&cfg, [3, 4, 4], 10, &mut Rng::new(4, 0));
     buf.save(&path, 17).unwrap();

@@ -53,6 +53,7 @@ fn sgld_lowers_the_energy_of_noise_for_a_trained_model_and_is_pure() {
         steps: 1,
         step_size: 0.05,
         noise_std: 0.0,
+        ..SgldConfig::default()
     };
     for _ in 0..5 {
         x = sgld(&model, x, &Target::Marginal, &small, &mut Rng::new(0, 0)).samples;

@@ -33,7 +33,9 @@ impl Run {
         let shape = kind.shape();
         let num_classes = kind.num_classes();
         let device = device.clone().autodiff();
-        let model = config.model.init(shape[0], num_classes, &device);
+        let model = config
+            .model
+            .init(shape[0], config.model_outputs(num_classes), &device);
         let model = checkpoint::load_model(model, &dir.join(files::MODEL), Some(state.step))?;
         Ok(Run {
             dir: dir.to_path_buf(),
@@ -53,6 +55,24 @@ impl Run {
     /// Number of classes.
     pub fn num_classes(&self) -> usize {
         self.num_classes
+    }
+
+    /// Whether the model classifies (an unconditional IGEBM is a scalar energy instead).
+    pub fn is_classifier(&self) -> bool {
+        self.config.model_outputs(self.num_classes) > 1
+    }
+
+    /// The model, for an evaluation `what` that needs `p(y|x)`: an error naming the run for a
+    /// scalar-energy model.
+    pub fn classifier(&self, what: &str) -> Result<&Classifier> {
+        if self.is_classifier() {
+            Ok(&self.model)
+        } else {
+            Err(crate::Error::NotAClassifier {
+                run_dir: self.dir.clone(),
+                what: what.to_string(),
+            })
+        }
     }
 
     /// The saved replay buffer (`None` for a run that does not sample).

@@ -62,6 +62,12 @@ pub fn draw_samples(
         Classes::One(c) => Some(vec![*c; n]),
         Classes::All => Some((0..k).flat_map(|c| std::iter::repeat_n(c, n)).collect()),
     };
+    if labels.is_some() && !run.is_classifier() {
+        return Err(Error::Shape(format!(
+            "{} is a scalar energy model (objective igebm without --conditional): it samples unconditionally only",
+            run.dir.display()
+        )));
+    }
     let total = labels.as_ref().map_or(n, Vec::len);
     let [c, h, w] = run.shape();
     let buffer = match start {
@@ -174,18 +180,24 @@ pub fn sample_quality(
     }
     let shape = run.shape();
     let k = feature_run.num_classes();
+    let features = feature_run.classifier("the feature run of sample quality")?;
     let samples = draw_samples(run, n, &Classes::Unconditional, start, params, rng)?;
-    let (fs, ps, d) = features_and_probs(&feature_run.model, &samples.images, shape);
+    let (fs, ps, d) = features_and_probs(features, &samples.images, shape);
     let real = &test.images[..n * test.image_len()];
-    let (fr, pr, _) = features_and_probs(&feature_run.model, real, shape);
+    let (fr, pr, _) = features_and_probs(features, real, shape);
     let half = (n / 2) * d;
-    let by_class = draw_samples(run, per_class.max(2), &Classes::All, start, params, rng)?;
     let len = test.image_len();
-    let diversity = by_class
-        .images
-        .chunks(per_class.max(2) * len)
-        .map(|c| crate::eval::fid::mean_pairwise_distance(c, len))
-        .collect();
+    // Per-class diversity needs class-conditional samples (none from a scalar energy).
+    let diversity = if run.is_classifier() {
+        let by_class = draw_samples(run, per_class.max(2), &Classes::All, start, params, rng)?;
+        by_class
+            .images
+            .chunks(per_class.max(2) * len)
+            .map(|c| crate::eval::fid::mean_pairwise_distance(c, len))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let diversity_test = (0..run.num_classes())
         .map(|c| {
             let idx: Vec<usize> = (0..test.len())

@@ -2,6 +2,7 @@
 //! the config, training curves from `metrics.jsonl`, and every evaluation saved in
 //! `RUN/eval/`, with figures embedded (SVG charts drawn here, PNG grids as data URIs).
 
+pub mod compare;
 pub mod figures;
 pub mod raster;
 pub mod svg;

@@ -52,7 +52,7 @@ pub fn trained_softmax(data: &Dataset) -> (Classifier, f64) {
         .map_err(|d| format!("{} {}", d.what, d.value))
         .unwrap();
         model = m;
-        last_acc = metrics.acc;
+        last_acc = metrics.acc.expect("a classifier reports accuracy");
     }
     (model, last_acc)
 }

@@ -1,0 +1,176 @@
+//! `jem compare`: one row per run from what the run directory holds — its config, counters,
+//! `metrics.jsonl` and the evaluations saved in `RUN/eval/` — as a Markdown table or JSON.
+//! Nothing is recomputed: run `jem eval accuracy|calibration|ood` first.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::Result;
+use crate::checkpoint::{files, load_config, load_state};
+use crate::eval::store::load_results;
+use crate::init::ChainInit;
+use crate::loss::Objective;
+use crate::sgld::SamplerKind;
+
+/// One run's row.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Row {
+    /// The run directory.
+    pub run: PathBuf,
+    /// Objective, with sampler and chain start where it samples (e.g. `jem pyld/informative`).
+    pub method: String,
+    /// Seed.
+    pub seed: u64,
+    /// Steps completed.
+    pub step: u64,
+    /// The configured step bound, if any.
+    pub max_steps: Option<u64>,
+    /// Whether the run stopped before its step bound (it gave up after its recoveries).
+    pub stopped_early: bool,
+    /// Divergences recovered from.
+    pub recoveries: u32,
+    /// Median wall-clock milliseconds per step over `metrics.jsonl`.
+    pub ms_per_step: Option<f64>,
+    /// Test accuracy (`eval/accuracy-test.json`).
+    pub accuracy: Option<f64>,
+    /// Expected calibration error (`eval/calibration-test.json`).
+    pub ece: Option<f64>,
+    /// AUROC per (score, OOD set) from `eval/ood-test.json`.
+    pub auroc: Vec<(String, String, f64)>,
+}
+
+fn method(dir: &Path) -> Result<(String, u64, Option<u64>)> {
+    let cfg = load_config(dir)?;
+    let obj = cfg.loss.objective.name();
+    let samples = cfg.loss.needs_sampling();
+    let mut m = obj.to_string();
+    if samples {
+        let sampler = match cfg.sgld.sampler {
+            SamplerKind::Sgld => "sgld",
+            SamplerKind::Pyld => "pyld",
+        };
+        let init = match cfg.buffer.init {
+            ChainInit::Uniform => "uniform",
+            ChainInit::Informative => "informative",
+        };
+        let _ = write!(m, " {sampler}/{init}");
+        if cfg.buffer.conditional {
+            m.push_str(" cond");
+        }
+    }
+    if cfg.loss.objective == Objective::Igebm && cfg.optim.spectral_norm {
+        m.push_str(" sn");
+    }
+    Ok((m, cfg.seed, cfg.schedule.max_steps))
+}
+
+/// Read one run's row.
+pub fn row(dir: &Path) -> Result<Row> {
+    let (method, seed, max_steps) = method(dir)?;
+    let state = load_state(dir)?;
+    let path = dir.join(files::METRICS);
+    let mut ms: Vec<f64> = std::fs::read_to_string(&path)
+        .map_err(|e| crate::Error::io(&path, e))?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("event").is_none())
+        .filter_map(|v| v.get("ms").and_then(Value::as_f64))
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let results = load_results(dir)?;
+    let find = |name: &str| results.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    let num = |name: &str, key: &str| find(name).and_then(|v| v.get(key)).and_then(Value::as_f64);
+    let auroc = find("ood-test")
+        .and_then(|v| v.get("rows"))
+        .and_then(Value::as_array)
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| {
+                    Some((
+                        r.get("score")?.as_str()?.to_string(),
+                        r.get("set")?.as_str()?.to_string(),
+                        r.get("auroc")?.as_f64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Row {
+        run: dir.to_path_buf(),
+        method,
+        seed,
+        step: state.step,
+        max_steps,
+        stopped_early: max_steps.is_some_and(|m| state.step < m),
+        recoveries: state.recoveries,
+        ms_per_step: (!ms.is_empty()).then(|| ms[ms.len() / 2]),
+        accuracy: num("accuracy-test", "accuracy"),
+        ece: num("calibration-test", "ece"),
+        auroc,
+    })
+}
+
+/// Rows for every run, in order.
+pub fn compare(dirs: &[PathBuf]) -> Result<Vec<Row>> {
+    dirs.iter().map(|d| row(d)).collect()
+}
+
+/// The rows as a Markdown table; one AUROC column per (score, set) seen in any row.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut cols: Vec<(String, String)> = Vec::new();
+    for r in rows {
+        for (s, set, _) in &r.auroc {
+            if !cols.iter().any(|(a, b)| a == s && b == set) {
+                cols.push((s.clone(), set.clone()));
+            }
+        }
+    }
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    let mut o = String::from("| run | method | seed | steps | acc | ECE |");
+    for (s, set) in &cols {
+        let _ = write!(o, " AUROC {s} vs {set} |");
+    }
+    o.push_str(" ms/step | recoveries | finished |\n|");
+    for _ in 0..cols.len() + 9 {
+        o.push_str("---|");
+    }
+    o.push('\n');
+    for r in rows {
+        let name = r.run.file_name().map_or_else(
+            || r.run.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        );
+        let _ = write!(
+            o,
+            "| {name} | {} | {} | {} | {} | {} |",
+            r.method,
+            r.seed,
+            r.step,
+            opt(r.accuracy, 4),
+            opt(r.ece, 4)
+        );
+        for (s, set) in &cols {
+            let v = r
+                .auroc
+                .iter()
+                .find(|(a, b, _)| a == s && b == set)
+                .map(|t| t.2);
+            let _ = write!(o, " {} |", opt(v, 3));
+        }
+        let _ = writeln!(
+            o,
+            " {} | {} | {} |",
+            opt(r.ms_per_step, 0),
+            r.recoveries,
+            if r.stopped_early {
+                "no (diverged)"
+            } else {
+                "yes"
+            }
+        );
+    }
+    o
+}
