@@ -2,6 +2,11 @@
 
 use anyhow::{Result, bail};
 use clap::Args;
+use jem::bench::BenchSpec;
+use jem::data::DatasetKind;
+use jem::model::ModelConfig;
+
+use crate::train_cmd::{ArchArg, DatasetArg};
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
@@ -14,20 +19,79 @@ pub(crate) struct BenchArgs {
     /// Timed iterations.
     #[arg(long, default_value_t = 10)]
     pub(crate) iter_reps: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch: usize,
+    /// Network (default: the benchmark CNN).
+    #[arg(long, value_enum, default_value = "cnn")]
+    pub(crate) arch: ArchArg,
+    /// Wide-ResNet depth (6n + 4).
+    #[arg(long, default_value_t = 28)]
+    pub(crate) wrn_depth: usize,
+    /// Wide-ResNet widen factor.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) wrn_widen: usize,
+    /// Also measure the FP32 peak: a 2048 x 2048 matrix product.
+    #[arg(long)]
+    pub(crate) gemm: bool,
+    /// Image shape and classes of this data set (no data is read: inputs are random).
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    pub(crate) dataset: DatasetArg,
 }
 
 pub(crate) fn bench(a: BenchArgs, device: &jem::Device, threads: usize) -> Result<()> {
-    if a.sgld_reps == 0 || a.iter_reps == 0 {
-        bail!("--sgld-reps and --iter-reps must be positive");
+    if a.sgld_reps == 0 || a.iter_reps == 0 || a.batch == 0 {
+        bail!("--sgld-reps, --iter-reps and --batch must be positive");
     }
-    let r = jem::bench::run(device, a.sgld_reps, a.iter_reps, threads);
+    let model = match a.arch {
+        ArchArg::Cnn => ModelConfig::default(),
+        ArchArg::Wrn => ModelConfig::Wrn {
+            depth: a.wrn_depth,
+            widen: a.wrn_widen,
+            norm: Default::default(),
+            dropout: 0.0,
+        },
+    };
+    model.validate()?;
+    let kind: DatasetKind = a.dataset.into();
+    let spec = BenchSpec {
+        model,
+        shape: kind.shape(),
+        classes: kind.num_classes(),
+        batch: a.batch,
+        sgld_reps: a.sgld_reps,
+        iter_reps: a.iter_reps,
+    };
+    let r = jem::bench::run(device, &spec, threads);
+    let peak = a
+        .gemm
+        .then(|| jem::bench::gemm_gflops(&device.clone(), 2048, 5));
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(p) = peak {
+            v["gemm_gflops"] = serde_json::json!(p);
+            v["sgld_fraction_of_peak"] = serde_json::json!(r.sgld_gflops / p);
+            v["iteration_fraction_of_peak"] = serde_json::json!(r.gflops / p);
+        }
+        println!("{}", serde_json::to_string(&v)?);
     } else {
         println!(
-            "batch {}, {} threads: SGLD step {:.2} ms ({:.1} GFLOP/s), iteration {:.1} ms ({:.1} GFLOP/s)",
-            r.batch, r.threads, r.sgld_step_ms, r.sgld_gflops, r.iteration_ms, r.gflops
+            "batch {}, {} threads: SGLD step {:.2} ms ({:.1} GFLOP/s; {:.2} ms through autodiff), iteration {:.1} ms ({:.1} GFLOP/s)",
+            r.batch,
+            r.threads,
+            r.sgld_step_ms,
+            r.sgld_gflops,
+            r.sgld_step_autodiff_ms,
+            r.iteration_ms,
+            r.gflops
         );
+        if let Some(p) = peak {
+            println!(
+                "FP32 GEMM peak (2048^3): {p:.1} GFLOP/s; SGLD step at {:.0}%, iteration at {:.0}% of it",
+                100.0 * r.sgld_gflops / p,
+                100.0 * r.gflops / p
+            );
+        }
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use jem::buffer::ReplayBuffer;
 use jem::config::TrainConfig;
 use jem::data::Batch;
-use jem::energy::{Target, input_grad};
+use jem::energy::{Target, input_grad_autodiff};
 use jem::optim::Optimizer;
 use jem::rng::Rng;
 use jem::train::iteration;
@@ -29,9 +29,20 @@ fn benches(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("benchmark-cnn-batch-64");
     group.sample_size(10);
-    group.bench_function("sgld_step", |b| {
+    let one = jem::sgld::SgldConfig {
+        steps: 1,
+        ..cfg.sgld.clone()
+    };
+    group.bench_function("sgld_step_cpu_kernel", |b| {
+        let mut r = Rng::new(1, 0);
         b.iter(|| {
-            let (g, _) = input_grad(&model, x.clone(), &Target::Marginal);
+            let out = jem::sgld::sgld(&model, x.clone(), &Target::Marginal, &one, &mut r);
+            black_box(out.samples.into_data())
+        })
+    });
+    group.bench_function("sgld_step_autodiff", |b| {
+        b.iter(|| {
+            let (g, _) = input_grad_autodiff(&model, x.clone(), &Target::Marginal);
             black_box((x.clone() + g).into_data())
         })
     });

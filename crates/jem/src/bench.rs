@@ -1,5 +1,7 @@
-//! Timing of one SGLD step and one JEM iteration of the benchmark model at batch 64, the same
-//! work as `shared/bench/torch_jem_iteration.py` (random data, a 10,000-chain buffer).
+//! Timing of one SGLD step and one JEM iteration, by default of the benchmark model at batch
+//! 64, the same work as `shared/bench/torch_jem_iteration.py` (random data, a 10,000-chain
+//! buffer). Other models, image shapes and batch sizes are [`BenchSpec`]s; their FLOP counts
+//! come from [`forward_flops`].
 
 use std::time::Instant;
 
@@ -9,9 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::buffer::ReplayBuffer;
 use crate::config::TrainConfig;
 use crate::data::Batch;
-use crate::energy::{Target, input_grad};
+use crate::energy::{Target, input_grad_autodiff};
+use crate::model::ModelConfig;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
+use crate::sgld::{SgldConfig, sgld};
 use crate::train::iteration;
 
 /// GFLOP of one SGLD step of the benchmark model at batch 64 (forward + input gradient).
@@ -19,11 +23,89 @@ pub const SGLD_STEP_GFLOP: f64 = 2.51;
 /// GFLOP of one JEM iteration (20 SGLD steps, forward/backward on 128 images, Adam).
 pub const ITERATION_GFLOP: f64 = 57.7;
 
+/// Multiply-adds counted as 2 FLOP, of one forward pass of one image through `model` (the
+/// convolutions and the head; activations, pooling and norms are not counted). For the
+/// benchmark CNN on 28x28x1 this is 19.6 MFLOP, so an SGLD step at batch 64 (forward and
+/// input gradient, twice the forward) is [`SGLD_STEP_GFLOP`].
+pub fn forward_flops(model: &ModelConfig, shape: [usize; 3], classes: usize) -> f64 {
+    let conv = |cin: usize, cout: usize, k: usize, h: usize, w: usize| {
+        2.0 * (cin * cout * k * k * h * w) as f64
+    };
+    let down = |n: usize| n.div_ceil(2);
+    let [c, mut h, mut w] = shape;
+    match model {
+        ModelConfig::Cnn { widths } => {
+            let mut f = 0.0;
+            let mut cin = c;
+            for (i, &cout) in widths.iter().enumerate() {
+                if i > 0 {
+                    (h, w) = (down(h), down(w));
+                }
+                f += conv(cin, cout, 3, h, w);
+                cin = cout;
+            }
+            f + 2.0 * (cin * classes) as f64
+        }
+        ModelConfig::Wrn { depth, widen, .. } => {
+            let n = (depth - 4) / 6;
+            let mut f = conv(c, 16, 3, h, w);
+            let mut cin = 16;
+            for (g, width) in [16 * widen, 32 * widen, 64 * widen].into_iter().enumerate() {
+                for i in 0..n {
+                    let stride2 = i == 0 && g > 0;
+                    if stride2 {
+                        (h, w) = (down(h), down(w));
+                    }
+                    f += conv(cin, width, 3, h, w) + conv(width, width, 3, h, w);
+                    if cin != width || stride2 {
+                        f += conv(cin, width, 1, h, w);
+                    }
+                    cin = width;
+                }
+            }
+            f + 2.0 * (cin * classes) as f64
+        }
+    }
+}
+
+/// What to time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchSpec {
+    /// The network.
+    pub model: ModelConfig,
+    /// Image shape `[c, h, w]`.
+    pub shape: [usize; 3],
+    /// Classes.
+    pub classes: usize,
+    /// Images per batch (the iteration also samples as many chains).
+    pub batch: usize,
+    /// Timed SGLD steps (after 3 untimed).
+    pub sgld_reps: usize,
+    /// Timed iterations (after 2 untimed).
+    pub iter_reps: usize,
+}
+
+impl Default for BenchSpec {
+    /// The benchmark CNN on 28x28x1 at batch 64, 20 SGLD steps and 10 iterations timed.
+    fn default() -> Self {
+        BenchSpec {
+            model: ModelConfig::default(),
+            shape: [1, 28, 28],
+            classes: 10,
+            batch: 64,
+            sgld_reps: 20,
+            iter_reps: 10,
+        }
+    }
+}
+
 /// Bench results (medians).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
-    /// Median ms of one SGLD step.
+    /// Median ms of one SGLD step as training runs it.
     pub sgld_step_ms: f64,
+    /// Median ms of the same step through burn's autodiff (the reference path).
+    pub sgld_step_autodiff_ms: f64,
     /// Median ms of one training iteration.
     pub iteration_ms: f64,
     /// GFLOP/s of the iteration.
@@ -34,6 +116,10 @@ pub struct BenchReport {
     pub threads: usize,
     /// Batch size.
     pub batch: usize,
+    /// GFLOP of one SGLD step of this model and batch.
+    pub sgld_step_gflop: f64,
+    /// GFLOP of one iteration.
+    pub iteration_gflop: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -41,31 +127,48 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Time `sgld_reps` SGLD steps and `iter_reps` iterations (after warm-up) on `device`.
-pub fn run(device: &Device, sgld_reps: usize, iter_reps: usize, threads: usize) -> BenchReport {
-    let cfg = TrainConfig::default();
+/// Time `spec.sgld_reps` SGLD steps and `spec.iter_reps` JEM iterations (paper settings:
+/// 20 SGLD steps, a 10,000-chain buffer, Adam) after warm-up, on `device`.
+pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
+    let cfg = TrainConfig {
+        model: spec.model.clone(),
+        ..TrainConfig::default()
+    };
     let device = device.clone().autodiff();
     device.seed(0);
-    let (shape, k, b) = ([1, 28, 28], 10, 64);
-    let mut model = cfg.model.init(1, k, &device);
+    let (shape, k, b) = (spec.shape, spec.classes, spec.batch);
+    let [c, h, w] = shape;
+    let mut model = cfg.model.init(c, k, &device);
     let mut rng = Rng::new(0, 0);
-    let mut x0 = vec![0.0f32; b * 784];
+    let mut x0 = vec![0.0f32; b * c * h * w];
     rng.fill_uniform(&mut x0, -1.0, 1.0);
     let inner = device.clone().inner();
-    let x = Tensor::<4>::from_data(TensorData::new(x0.clone(), [b, 1, 28, 28]), &inner);
+    let x = Tensor::<4>::from_data(TensorData::new(x0.clone(), [b, c, h, w]), &inner);
+    // One step of the sampler training uses (the CPU kernel for the CNN on the CPU), and the
+    // same step through burn's autodiff.
+    let one = SgldConfig {
+        steps: 1,
+        ..cfg.sgld.clone()
+    };
     let mut times = Vec::new();
-    for i in 0..sgld_reps + 3 {
+    let mut reference = Vec::new();
+    for i in 0..spec.sgld_reps + 3 {
         let t = Instant::now();
-        let (g, _) = input_grad(&model, x.clone(), &Target::Marginal);
+        let out = sgld(&model, x.clone(), &Target::Marginal, &one, &mut rng);
+        let _: Vec<f32> = out.samples.into_data().try_to_vec::<f32>().expect("f32");
+        let mid = Instant::now();
+        let (g, _) = input_grad_autodiff(&model, x.clone(), &Target::Marginal);
         let _: Vec<f32> = (x.clone() + g)
             .into_data()
             .try_to_vec::<f32>()
             .expect("f32");
         if i >= 3 {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+            times.push((mid - t).as_secs_f64() * 1e3);
+            reference.push(mid.elapsed().as_secs_f64() * 1e3);
         }
     }
     let sgld_ms = median(times);
+    let sgld_autodiff_ms = median(reference);
     let mut buffer = ReplayBuffer::uniform(&cfg.buffer, shape, k, &mut rng);
     let mut optim = Optimizer::new(&cfg.optim);
     let batch = Batch {
@@ -73,7 +176,7 @@ pub fn run(device: &Device, sgld_reps: usize, iter_reps: usize, threads: usize) 
         labels: (0..b).map(|_| rng.below(k)).collect(),
     };
     let mut times = Vec::new();
-    for i in 0..iter_reps + 2 {
+    for i in 0..spec.iter_reps + 2 {
         let t = Instant::now();
         let out = iteration(
             &cfg,
@@ -95,12 +198,61 @@ pub fn run(device: &Device, sgld_reps: usize, iter_reps: usize, threads: usize) 
         }
     }
     let iter_ms = median(times);
+    let f = forward_flops(&spec.model, shape, k) * b as f64 / 1e9; // forward GFLOP per batch
+    // SGLD step: forward + input gradient (2x forward). Iteration: the SGLD steps, then
+    // forward + backward (input and weight gradients, 3x forward) on data and samples.
+    let sgld_gflop = 2.0 * f;
+    let iteration_gflop = cfg.sgld.steps as f64 * sgld_gflop + 3.0 * 2.0 * f;
     BenchReport {
         sgld_step_ms: sgld_ms,
+        sgld_step_autodiff_ms: sgld_autodiff_ms,
         iteration_ms: iter_ms,
-        gflops: ITERATION_GFLOP / iter_ms * 1e3,
-        sgld_gflops: SGLD_STEP_GFLOP / sgld_ms * 1e3,
+        gflops: iteration_gflop / iter_ms * 1e3,
+        sgld_gflops: sgld_gflop / sgld_ms * 1e3,
         threads,
         batch: b,
+        sgld_step_gflop: sgld_gflop,
+        iteration_gflop,
+    }
+}
+
+/// GFLOP/s of an `n x n` by `n x n` f32 matrix product on `device` (median of `reps` after
+/// one untimed): the practical FP32 peak the other figures are compared with.
+pub fn gemm_gflops(device: &Device, n: usize, reps: usize) -> f64 {
+    let mut rng = Rng::new(1, 0);
+    let mut v = vec![0.0f32; n * n];
+    rng.fill_uniform(&mut v, -1.0, 1.0);
+    let a = Tensor::<2>::from_data(TensorData::new(v.clone(), [n, n]), device);
+    let b = Tensor::<2>::from_data(TensorData::new(v, [n, n]), device);
+    let mut times = Vec::new();
+    for i in 0..reps + 1 {
+        let t = Instant::now();
+        let c = a.clone().matmul(b.clone());
+        let _: Vec<f32> = c.slice([0..1, 0..1]).into_data().try_to_vec().expect("f32");
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    2.0 * (n as f64).powi(3) / median(times) / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flop_counts_match_the_benchmark_figures() {
+        let f = forward_flops(&ModelConfig::default(), [1, 28, 28], 10) * 64.0 / 1e9;
+        assert!((2.0 * f - SGLD_STEP_GFLOP).abs() < 0.01, "{}", 2.0 * f);
+        assert!((20.0 * 2.0 * f + 6.0 * f - ITERATION_GFLOP).abs() < 0.1);
+        // WRN-28-10 on CIFAR: about 5.25 GFLOP per image (2 x 2.62 G multiply-adds).
+        let wrn = ModelConfig::Wrn {
+            depth: 28,
+            widen: 10,
+            norm: Default::default(),
+            dropout: 0.0,
+        };
+        let g = forward_flops(&wrn, [3, 32, 32], 10) / 1e9;
+        assert!((g - 10.5).abs() < 0.5, "{g}");
     }
 }

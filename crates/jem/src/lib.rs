@@ -34,6 +34,7 @@
 pub mod bench;
 pub mod buffer;
 pub mod checkpoint;
+pub mod cnn_cpu;
 pub mod config;
 pub mod data;
 pub mod energy;

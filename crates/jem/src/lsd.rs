@@ -5,7 +5,14 @@
 //! For data `x ~ p` and the model's score `s_q(x) = d lse(f(x))/dx`, a critic
 //! `g: R^D -> R^D` gives the Stein discrepancy
 //! `SD = E_p[ s_q(x) . g(x) + tr(d g(x)/dx) ]`. The critic maximises
-//! `SD - lambda * E_p ||g(x)||^2`; the classifier minimises `ce + w * SD`.
+//! `SD - lambda * E_p ||g(x)||^2`; the classifier minimises `ce + w * SD / D`.
+//!
+//! Both are taken per input dimension (divided by `D = c h w`): at its optimum the critic's
+//! objective is a Fisher divergence, a sum over the `D` pixels that for images with data noise
+//! `s` grows like `D / s^2` (hundreds of thousands for 28x28 images), and unscaled it swamps
+//! the cross-entropy (the classifier then drives its energies off to `-1e3` and its accuracy
+//! down). Per dimension it is of the order of the cross-entropy. `metrics.jsonl`'s `stein` is
+//! this per-dimension value.
 //!
 //! burn has no double backward (a gradient is a plain tensor, burn issue #1942), so both
 //! terms that differentiate through a derivative use central finite differences of
@@ -233,8 +240,8 @@ pub struct CriticState {
 }
 
 /// One `--objective lsd` iteration: `critic_steps` critic updates (ascent on
-/// `SD - lambda E|g|^2`, the classifier frozen), then one classifier update on
-/// `pyx_weight * ce + px_weight * SD` with the critic's output held fixed. Returns the updated
+/// `(SD - lambda E|g|^2) / D`, the classifier frozen), then one classifier update on
+/// `pyx_weight * ce + px_weight * SD / D` with the critic's output held fixed. Returns the updated
 /// classifier and the step's metrics, or the divergence seen (then nothing was updated).
 #[allow(clippy::too_many_arguments)]
 pub fn lsd_iteration(
@@ -254,6 +261,7 @@ pub fn lsd_iteration(
     let l = &cfg.loss.lsd;
     let b = batch.labels.len();
     let [c, h, w] = shape;
+    let dim = c * h * w;
     let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), device); // [b, c, h, w]
     let data_oh = one_hot(&batch.labels, num_classes, device); // [b, k]
     let frozen = model.clone().no_grad();
@@ -266,8 +274,8 @@ pub fn lsd_iteration(
         let v = Tensor::<4>::from_data(TensorData::new(probe.clone(), [b, c, h, w]), device); // [b, c, h, w]
         let (trace, g) = hutchinson_trace(&next, x.clone(), v, l.fd_eps); // [b], [b, c, h, w]
         let score = score_dot(&frozen, x.clone(), g.clone(), l.fd_eps); // [b]
-        let sd = (score + trace).mean(); // [1]
-        let closs = mean_sq_norm(g.clone()).mul_scalar(l.critic_l2) - sd.clone(); // [1]
+        let sd = (score + trace).mean().div_scalar(dim as f32); // [1], per dimension
+        let closs = mean_sq_norm(g.clone()).mul_scalar(l.critic_l2 / dim as f32) - sd.clone(); // [1]
         let vals: Vec<f32> = Tensor::cat(vec![sd.detach(), closs.clone().detach()], 0)
             .into_data()
             .try_to_vec()
@@ -287,7 +295,9 @@ pub fn lsd_iteration(
     let logits = model.forward(x.clone()); // [b, k]
     let ce = cross_entropy(logits.clone(), data_oh.clone()); // [1]
     let lse_data = logsumexp(logits.clone()).mean(); // [1]
-    let score = score_dot(&model, x, g, l.fd_eps).mean(); // [1]
+    let score = score_dot(&model, x, g, l.fd_eps)
+        .mean()
+        .div_scalar(dim as f32); // [1]
     let total = ce.clone().mul_scalar(cfg.loss.pyx_weight) + score.mul_scalar(cfg.loss.px_weight); // [1]
     let correct = logits.argmax(1).equal(data_oh.argmax(1)).float().mean(); // [1]
     let vals: Vec<f32> = Tensor::cat(

@@ -181,6 +181,11 @@ impl Cnn {
         }
     }
 
+    /// The convolutions and the head (for [`crate::cnn_cpu`]).
+    pub(crate) fn parts(&self) -> (&[Conv2d], &Linear) {
+        (&self.convs, &self.head)
+    }
+
     /// Penultimate features.
     ///
     /// # Shapes

@@ -11,7 +11,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
-use crate::energy::{Target, input_grad};
+use crate::energy::{Target, input_grad_autodiff};
 use crate::model::Classifier;
 use crate::rng::Rng;
 
@@ -115,6 +115,24 @@ pub fn sgld(
     params: &SgldConfig,
     rng: &mut Rng,
 ) -> SgldOutput {
+    if let Some(out) = sgld_cpu_kernel(model, &start, target, params, rng) {
+        return out;
+    }
+    sgld_autodiff(model, start, target, params, rng)
+}
+
+/// [`sgld`] through burn's autodiff on any backend and model: the reference the CPU kernel
+/// of the CNN is tested against.
+///
+/// # Shapes
+/// `start: [b, c, h, w] -> samples [b, c, h, w]`
+pub fn sgld_autodiff(
+    model: &Classifier,
+    start: Tensor<4>,
+    target: &Target,
+    params: &SgldConfig,
+    rng: &mut Rng,
+) -> SgldOutput {
     let dims = start.dims();
     let device = start.device().inner();
     let numel: usize = dims.iter().product();
@@ -122,7 +140,7 @@ pub fn sgld(
     let mut noise = vec![0.0f32; numel];
     let mut last_grad: Option<Tensor<4>> = None;
     for _ in 0..params.steps {
-        let (g, _) = input_grad(model, x.clone(), target); // [b, c, h, w]
+        let (g, _) = input_grad_autodiff(model, x.clone(), target); // [b, c, h, w]
         let drift = match params.sampler {
             SamplerKind::Sgld => g.clone(),
             SamplerKind::Pyld => g.clone().clamp(-params.grad_clip, params.grad_clip),
@@ -151,4 +169,60 @@ pub fn sgld(
         samples: x,
         grad_norm,
     }
+}
+
+/// The same chains through [`crate::cnn_cpu`] when the model is the CNN on the CPU backend
+/// (`None` otherwise): identical updates and noise draws, gradients equal up to rounding.
+fn sgld_cpu_kernel(
+    model: &Classifier,
+    start: &Tensor<4>,
+    target: &Target,
+    params: &SgldConfig,
+    rng: &mut Rng,
+) -> Option<SgldOutput> {
+    if !crate::cnn_cpu::available(model) {
+        return None;
+    }
+    let mut kernel = crate::cnn_cpu::CnnKernel::from_model(model)?;
+    let dims = start.dims();
+    let [b, c, h, w] = dims;
+    let device = start.device();
+    let labels = crate::cnn_cpu::labels_of(target);
+    let host_target = match &labels {
+        None => crate::cnn_cpu::HostTarget::Marginal,
+        Some(ys) => crate::cnn_cpu::HostTarget::Joint(ys),
+    };
+    let mut x: Vec<f32> = start.clone().into_data().try_to_vec().ok()?;
+    let mut noise = vec![0.0f32; x.len()];
+    let mut grad_norm = 0.0;
+    for step in 0..params.steps {
+        let (g, _) = kernel.input_grad(&x, b, [c, h, w], host_target);
+        let (a, clip) = (params.step_size, params.grad_clip);
+        match params.sampler {
+            SamplerKind::Sgld => x.iter_mut().zip(&g).for_each(|(x, g)| *x += a * g),
+            SamplerKind::Pyld => x
+                .iter_mut()
+                .zip(&g)
+                .for_each(|(x, g)| *x += a * g.clamp(-clip, clip)),
+        }
+        if params.noise_std > 0.0 {
+            rng.fill_normal(&mut noise, params.noise_std);
+            x.iter_mut().zip(&noise).for_each(|(x, n)| *x += n);
+        }
+        if params.sampler == SamplerKind::Pyld {
+            x.iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
+        }
+        if step + 1 == params.steps {
+            let per = c * h * w;
+            grad_norm = g
+                .chunks_exact(per)
+                .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+                .sum::<f32>()
+                / b as f32;
+        }
+    }
+    Some(SgldOutput {
+        samples: Tensor::<4>::from_data(TensorData::new(x, dims), &device.inner()),
+        grad_norm,
+    })
 }

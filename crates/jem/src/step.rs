@@ -69,7 +69,9 @@ pub struct Divergence {
 
 /// One JEM, IGEBM or softmax training iteration on `batch` (`--objective lsd` has its own,
 /// [`crate::lsd::lsd_iteration`]): returns the updated model and the step's metrics, or the
-/// divergence it detected (in which case no update was applied).
+/// divergence it detected (in which case no update was applied). Softmax and JEM iterations
+/// of the CNN on the CPU run through [`crate::cnn_cpu`]; everything else through burn's
+/// autodiff ([`iteration_autodiff`]).
 #[allow(clippy::too_many_arguments)]
 pub fn iteration(
     cfg: &TrainConfig,
@@ -82,6 +84,62 @@ pub fn iteration(
     lr: f64,
     rng: &mut Rng,
     device: &Device,
+) -> std::result::Result<(Classifier, StepMetrics), Divergence> {
+    iteration_impl(
+        cfg,
+        model,
+        optim,
+        buffer,
+        batch,
+        (shape, num_classes),
+        lr,
+        rng,
+        device,
+        true,
+    )
+}
+
+/// [`iteration`] with the loss and update through burn's autodiff whatever the model (the
+/// reference the CPU kernel is tested against; the chains still use [`sgld`]).
+#[allow(clippy::too_many_arguments)]
+pub fn iteration_autodiff(
+    cfg: &TrainConfig,
+    model: Classifier,
+    optim: &mut Optimizer,
+    buffer: Option<&mut ReplayBuffer>,
+    batch: &Batch,
+    shape: [usize; 3],
+    num_classes: usize,
+    lr: f64,
+    rng: &mut Rng,
+    device: &Device,
+) -> std::result::Result<(Classifier, StepMetrics), Divergence> {
+    iteration_impl(
+        cfg,
+        model,
+        optim,
+        buffer,
+        batch,
+        (shape, num_classes),
+        lr,
+        rng,
+        device,
+        false,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn iteration_impl(
+    cfg: &TrainConfig,
+    model: Classifier,
+    optim: &mut Optimizer,
+    buffer: Option<&mut ReplayBuffer>,
+    batch: &Batch,
+    (shape, num_classes): ([usize; 3], usize),
+    lr: f64,
+    rng: &mut Rng,
+    device: &Device,
+    kernel: bool,
 ) -> std::result::Result<(Classifier, StepMetrics), Divergence> {
     let t0 = Instant::now();
     let b = batch.labels.len();
@@ -101,6 +159,7 @@ pub fn iteration(
         _ => (px_weight > 0.0, pxy_weight > 0.0),
     };
     let mut inputs = vec![x_data];
+    let mut host_rows = batch.images.clone();
     let mut px_rows = 0;
     let mut pxy_oh = None;
     let mut grad_norm = None;
@@ -129,6 +188,7 @@ pub fn iteration(
                 .try_to_vec::<f32>()
                 .expect("samples are f32");
             buffer.store(&draw.slots, &values);
+            host_rows.extend_from_slice(&values);
             *n_reinit.get_or_insert(0) += draw.n_reinit;
             grad_norm = Some(out.grad_norm as f64);
             (out.samples, ys)
@@ -143,6 +203,20 @@ pub fn iteration(
             inputs.push(s.autodiff());
             pxy_oh = Some(one_hot(&batch.labels, num_classes, device));
         }
+    }
+    if kernel
+        && matches!(objective, Objective::Softmax | Objective::Jem)
+        && crate::cnn_cpu::available(&model)
+    {
+        let kernel_step = KernelStep {
+            cfg,
+            batch,
+            shape,
+            num_classes,
+            px_rows,
+            pxy_rows: if pxy_oh.is_some() { b } else { 0 },
+        };
+        return kernel_step.run(model, optim, &host_rows, lr, t0, grad_norm, n_reinit);
     }
     let x = Tensor::cat(inputs, 0); // [b + px_rows + pxy_rows, c, h, w]
     let logits = model.forward(x); // [rows, k]
@@ -217,4 +291,117 @@ pub fn iteration(
         ms: t0.elapsed().as_secs_f64() * 1e3,
     };
     Ok((model, metrics))
+}
+
+/// The forward/backward pass and update of a softmax or JEM iteration through
+/// [`crate::cnn_cpu`] (the CNN on the CPU): the loss and its gradient in the logits in
+/// closed form, weight gradients by GEMM.
+struct KernelStep<'a> {
+    cfg: &'a TrainConfig,
+    batch: &'a Batch,
+    shape: [usize; 3],
+    num_classes: usize,
+    px_rows: usize,
+    pxy_rows: usize,
+}
+
+impl KernelStep<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        model: Classifier,
+        optim: &mut Optimizer,
+        rows: &[f32],
+        lr: f64,
+        t0: Instant,
+        grad_norm: Option<f64>,
+        n_reinit: Option<usize>,
+    ) -> std::result::Result<(Classifier, StepMetrics), Divergence> {
+        let l = &self.cfg.loss;
+        let jem = l.objective == Objective::Jem;
+        let (k, b) = (self.num_classes, self.batch.labels.len());
+        let n = b + self.px_rows + self.pxy_rows;
+        let mut kernel =
+            crate::cnn_cpu::CnnKernel::from_model(&model).expect("available() checked the model");
+        let logits = kernel.forward(rows, n, self.shape);
+        let px = if jem && self.px_rows > 0 {
+            l.px_weight
+        } else {
+            0.0
+        };
+        let pxy = if jem && self.pxy_rows > 0 {
+            l.pxy_weight
+        } else {
+            0.0
+        };
+        let inv_b = 1.0 / b as f32;
+        let mut dl = vec![0.0f32; n * k];
+        let (mut ce, mut lse_d, mut lse_s, mut fy_d, mut fy_s, mut correct) =
+            (0f64, 0f64, 0f64, 0f64, 0f64, 0usize);
+        for i in 0..n {
+            let row = &logits[i * k..(i + 1) * k];
+            let (lse, p) = crate::cnn_cpu::softmax(row);
+            let d = &mut dl[i * k..(i + 1) * k];
+            if i < b {
+                let y = self.batch.labels[i];
+                ce += (lse - row[y]) as f64;
+                lse_d += lse as f64;
+                fy_d += row[y] as f64;
+                let pred = (0..k).fold(0, |m, j| if row[j] > row[m] { j } else { m });
+                correct += usize::from(pred == y);
+                for j in 0..k {
+                    d[j] = (l.pyx_weight - px) * p[j] * inv_b;
+                }
+                d[y] -= (l.pyx_weight + pxy) * inv_b;
+            } else if i < b + self.px_rows {
+                lse_s += lse as f64;
+                for j in 0..k {
+                    d[j] = px * p[j] / self.px_rows as f32;
+                }
+            } else {
+                let y = self.batch.labels[i - b - self.px_rows];
+                fy_s += row[y] as f64;
+                d[y] += pxy / self.pxy_rows as f32;
+            }
+        }
+        let bf = b as f64;
+        let mut total = l.pyx_weight as f64 * ce / bf;
+        let lse_sample = (self.px_rows > 0 && jem).then(|| lse_s / self.px_rows as f64);
+        if let Some(ls) = lse_sample.filter(|_| px > 0.0) {
+            total += px as f64 * (ls - lse_d / bf);
+        }
+        if pxy > 0.0 {
+            total += pxy as f64 * (fy_s / self.pxy_rows as f64 - fy_d / bf);
+        }
+        if !total.is_finite() || total.abs() > LOSS_LIMIT {
+            return Err(Divergence {
+                what: "loss".into(),
+                value: total,
+            });
+        }
+        let (_, grads) = kernel.backward(n, self.shape, &dl, false, true);
+        let device = crate::eval::accuracy::model_device(&model).inner();
+        let grads = crate::cnn_cpu::gradients_params(
+            &model,
+            &grads.expect("weight gradients requested"),
+            &device,
+        );
+        let model = optim.step(lr, model, grads);
+        let metrics = StepMetrics {
+            step: 0,
+            epoch: 0,
+            loss: total,
+            ce: Some(ce / bf),
+            lse_data: lse_d / bf,
+            lse_sample,
+            acc: Some(correct as f64 / bf),
+            lr,
+            sgld_grad_norm: grad_norm,
+            stein: None,
+            critic_loss: None,
+            n_reinit,
+            ms: t0.elapsed().as_secs_f64() * 1e3,
+        };
+        Ok((model, metrics))
+    }
 }

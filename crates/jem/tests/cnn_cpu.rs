@@ -1,0 +1,243 @@
+//! The CPU kernel of the CNN's SGLD step against burn's autodiff on random weights and
+//! inputs: input gradients, target values and whole SGLD chains agree to 1e-4.
+
+use burn::prelude::*;
+use jem::cnn_cpu::{CnnKernel, HostTarget, available};
+use jem::energy::{Target, input_grad, input_grad_autodiff, one_hot};
+use jem::model::ModelConfig;
+use jem::rng::Rng;
+use jem::sgld::{SgldConfig, sgld, sgld_autodiff};
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let num: f32 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    let den: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
+    num / den.max(1e-30)
+}
+
+fn check(widths: Vec<usize>, shape: [usize; 3], b: usize, seed: u64) {
+    let d = Device::flex().autodiff();
+    d.seed(seed);
+    let model = ModelConfig::Cnn { widths }.init(shape[0], 10, &d);
+    assert!(available(&model));
+    let n: usize = shape.iter().product();
+    let mut x = vec![0.0f32; b * n];
+    Rng::new(seed, 1).fill_uniform(&mut x, -1.0, 1.0);
+    let labels: Vec<usize> = (0..b).map(|i| (i * 7 + seed as usize) % 10).collect();
+    let [c, h, w] = shape;
+    let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, c, h, w]), &Device::flex());
+    let mut kernel = CnnKernel::from_model(&model).unwrap();
+    for joint in [false, true] {
+        let target = if joint {
+            Target::Joint(one_hot(&labels, 10, &Device::flex()))
+        } else {
+            Target::Marginal
+        };
+        let (g_ref, v_ref) = input_grad_autodiff(&model, xt.clone(), &target);
+        let (g_disp, _) = input_grad(&model, xt.clone(), &target);
+        let g_disp: Vec<f32> = g_disp.into_data().try_to_vec().unwrap();
+        let g_ref: Vec<f32> = g_ref.into_data().try_to_vec().unwrap();
+        let v_ref: Vec<f32> = v_ref.into_data().try_to_vec().unwrap();
+        let host = if joint {
+            HostTarget::Joint(&labels)
+        } else {
+            HostTarget::Marginal
+        };
+        let (g, v) = kernel.input_grad(&x, b, shape, host);
+        let eg = rel_err(&g, &g_ref);
+        assert!(
+            rel_err(&g_disp, &g_ref) < 1e-4,
+            "input_grad dispatches to the kernel"
+        );
+        let ev = rel_err(&v, &v_ref);
+        assert!(
+            eg < 1e-4,
+            "gradient relative error {eg} (joint {joint}, {shape:?})"
+        );
+        assert!(
+            ev < 1e-5,
+            "value relative error {ev} (joint {joint}, {shape:?})"
+        );
+    }
+}
+
+#[test]
+fn the_kernel_gradient_equals_autodiff_for_the_benchmark_cnn() {
+    check(vec![32, 64, 128, 128], [1, 28, 28], 16, 1);
+}
+
+#[test]
+fn the_kernel_gradient_equals_autodiff_for_other_shapes_and_widths() {
+    check(vec![8, 16, 24], [3, 32, 32], 5, 2);
+    check(vec![4], [1, 9, 7], 3, 3);
+}
+
+#[test]
+fn sgld_chains_through_the_kernel_equal_the_autodiff_chains() {
+    let d = Device::flex().autodiff();
+    d.seed(4);
+    let model = ModelConfig::default().init(1, 10, &d);
+    let mut x = vec![0.0f32; 8 * 784];
+    Rng::new(5, 0).fill_uniform(&mut x, -1.0, 1.0);
+    let start = Tensor::<4>::from_data(TensorData::new(x, [8, 1, 28, 28]), &Device::flex());
+    for params in [SgldConfig::default(), SgldConfig::jem_pp()] {
+        let a = sgld(
+            &model,
+            start.clone(),
+            &Target::Marginal,
+            &params,
+            &mut Rng::new(6, 0),
+        );
+        let b = sgld_autodiff(
+            &model,
+            start.clone(),
+            &Target::Marginal,
+            &params,
+            &mut Rng::new(6, 0),
+        );
+        let va: Vec<f32> = a.samples.into_data().try_to_vec().unwrap();
+        let vb: Vec<f32> = b.samples.into_data().try_to_vec().unwrap();
+        let e = rel_err(&va, &vb);
+        assert!(e < 1e-4, "chains differ by {e} ({:?})", params.sampler);
+        assert!((a.grad_norm - b.grad_norm).abs() <= 1e-4 * b.grad_norm.abs().max(1e-12));
+    }
+}
+
+/// Every parameter gradient of `sum(logits * d)` through burn's autodiff, in module order.
+fn autodiff_weight_grads(
+    model: &jem::model::Classifier,
+    x: Tensor<4>,
+    d: Tensor<2>,
+) -> Vec<Vec<f32>> {
+    let loss = (model.forward(x) * d).sum();
+    let grads = loss.backward();
+    struct Collect<'a>(&'a burn::tensor::Gradients, Vec<Vec<f32>>);
+    impl burn::module::ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            let g = p
+                .val()
+                .grad(self.0)
+                .expect("every parameter has a gradient");
+            self.1.push(g.into_data().try_to_vec().unwrap());
+        }
+    }
+    let mut c = Collect(&grads, Vec::new());
+    burn::module::Module::visit(model, &mut c);
+    c.1
+}
+
+#[test]
+fn the_kernel_weight_gradients_equal_autodiff() {
+    let d = Device::flex().autodiff();
+    d.seed(8);
+    let model = ModelConfig::default().init(1, 10, &d);
+    let b = 12;
+    let mut x = vec![0.0f32; b * 784];
+    Rng::new(9, 0).fill_uniform(&mut x, -1.0, 1.0);
+    let mut dl = vec![0.0f32; b * 10];
+    Rng::new(10, 0).fill_normal(&mut dl, 1.0);
+    let mut kernel = CnnKernel::from_model(&model).unwrap();
+    let logits = kernel.forward(&x, b, [1, 28, 28]);
+    let (_, g) = kernel.backward(b, [1, 28, 28], &dl, false, true);
+    let g = g.unwrap();
+    let xt = Tensor::<4>::from_data(TensorData::new(x, [b, 1, 28, 28]), &d);
+    let want_logits: Vec<f32> = model.forward(xt.clone()).into_data().try_to_vec().unwrap();
+    assert!(rel_err(&logits, &want_logits) < 1e-5);
+    let dt = Tensor::<2>::from_data(TensorData::new(dl, [b, 10]), &d);
+    let want = autodiff_weight_grads(&model, xt, dt);
+    let mut got = Vec::new();
+    for (w, bias) in &g.convs {
+        got.push(w.clone());
+        got.push(bias.clone());
+    }
+    got.push(g.head_w.clone());
+    got.push(g.head_b.clone());
+    assert_eq!(got.len(), want.len());
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        let e = rel_err(a, b);
+        assert!(e < 1e-4, "parameter {i}: relative error {e}");
+    }
+}
+
+#[test]
+fn a_kernel_training_iteration_equals_the_autodiff_iteration() {
+    use jem::buffer::ReplayBuffer;
+    use jem::config::TrainConfig;
+    use jem::data::Batch;
+    use jem::optim::Optimizer;
+    use jem::step::{iteration, iteration_autodiff};
+    let mut cfg = TrainConfig::default();
+    cfg.sgld.steps = 2;
+    cfg.buffer.size = 200;
+    cfg.buffer.conditional = true;
+    cfg.loss.pxy_weight = 0.5;
+    // SGD: the update is the gradient itself (Adam's first step is nearly its sign).
+    cfg.optim.algorithm = jem::optim::Algorithm::Sgd;
+    let d = Device::flex().autodiff();
+    d.seed(11);
+    let model = cfg.model.init(1, 10, &d);
+    let mut x = vec![0.0f32; 16 * 784];
+    Rng::new(12, 0).fill_uniform(&mut x, -1.0, 1.0);
+    let batch = Batch {
+        images: x,
+        labels: (0..16).map(|i| i % 10).collect(),
+    };
+    let buffer = ReplayBuffer::uniform(&cfg.buffer, [1, 28, 28], 10, &mut Rng::new(13, 0));
+    let flat = |m: &jem::model::Classifier| {
+        let mut params = Vec::new();
+        struct P<'a>(&'a mut Vec<f32>);
+        impl burn::module::ModuleVisitor for P<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                self.0
+                    .extend(p.val().into_data().try_to_vec::<f32>().unwrap());
+            }
+        }
+        burn::module::Module::visit(m, &mut P(&mut params));
+        params
+    };
+    let p0 = flat(&model);
+    let run = |kernel: bool| {
+        let mut opt = Optimizer::new(&cfg.optim);
+        let mut buf = buffer.clone();
+        let mut rng = Rng::new(14, 0);
+        let f = if kernel {
+            iteration
+        } else {
+            iteration_autodiff
+        };
+        let (m, metrics) = f(
+            &cfg,
+            model.clone(),
+            &mut opt,
+            Some(&mut buf),
+            &batch,
+            [1, 28, 28],
+            10,
+            1e-3,
+            &mut rng,
+            &d,
+        )
+        .map_err(|e| e.what)
+        .unwrap();
+        let delta: Vec<f32> = flat(&m).iter().zip(&p0).map(|(a, b)| a - b).collect();
+        (delta, metrics)
+    };
+    let (pk, mk) = run(true);
+    let (pa, ma) = run(false);
+    assert!(pa.iter().any(|v| *v != 0.0));
+    let e = rel_err(&pk, &pa);
+    assert!(e < 1e-3, "updates differ by {e}");
+    for (a, b) in [
+        (mk.loss, ma.loss),
+        (mk.ce.unwrap(), ma.ce.unwrap()),
+        (mk.lse_data, ma.lse_data),
+        (mk.acc.unwrap(), ma.acc.unwrap()),
+    ] {
+        assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+    }
+    assert_eq!(mk.lse_sample.is_some(), ma.lse_sample.is_some());
+}
