@@ -84,9 +84,12 @@ pub struct CnnKernel {
 /// floats) in the core's cache between its writing and the GEMM reading it.
 const TILE_COLS: usize = 1024;
 
-/// The image ranges of the tiles of a layer with `hw` output positions per image.
+/// The image ranges of the tiles of a layer with `hw` output positions per image: at most
+/// [`TILE_COLS`] columns each, and at least two tiles per compute thread where the batch
+/// allows (the tiles are the unit of parallel work).
 fn tile_ranges(b: usize, hw: usize) -> Vec<std::ops::Range<usize>> {
-    let per = (TILE_COLS / hw.max(1)).max(1);
+    let threads = rayon::current_num_threads().max(1);
+    let per = (TILE_COLS / hw.max(1)).min(b.div_ceil(2 * threads)).max(1);
     (0..b.div_ceil(per))
         .map(|t| t * per..((t + 1) * per).min(b))
         .collect()

@@ -118,6 +118,10 @@ pub struct RecoveryConfig {
     pub max_energy_gap: f64,
     /// Flag a step whose mean SGLD input-gradient norm exceeds this.
     pub max_sgld_grad_norm: f64,
+    /// Flag a step whose `|mean lse(f(x_data))|` exceeds this: energies drifting off by
+    /// thousands mean a run is being lost even while its loss looks calm (healthy runs stay
+    /// within tens; an unscaled Stein-discrepancy run drifted to -4000 and lost its accuracy).
+    pub max_abs_energy: f64,
     /// Flag a step whose `|loss|` exceeds this factor times (1 + the median `|loss|` of the
     /// last 50 steps), once 5 steps are known.
     pub loss_spike_factor: f64,
@@ -135,6 +139,7 @@ impl Default for RecoveryConfig {
             extra_sgld_steps: 0,
             max_energy_gap: 1000.0,
             max_sgld_grad_norm: 1e4,
+            max_abs_energy: 1e3,
             loss_spike_factor: 20.0,
             chain_saturation: 100.0,
         }
@@ -249,10 +254,14 @@ impl TrainConfig {
                 format!("{}: must be in (0, 1]", r.sgld_step_factor),
             ));
         }
-        if !(r.max_energy_gap > 0.0 && r.max_sgld_grad_norm > 0.0 && r.loss_spike_factor > 1.0) {
+        if !(r.max_energy_gap > 0.0
+            && r.max_sgld_grad_norm > 0.0
+            && r.max_abs_energy > 0.0
+            && r.loss_spike_factor > 1.0)
+        {
             return Err(ConfigError::field(
                 "recovery",
-                "max_energy_gap and max_sgld_grad_norm must be positive, loss_spike_factor above 1",
+                "max_energy_gap, max_sgld_grad_norm and max_abs_energy must be positive, loss_spike_factor above 1",
             ));
         }
         self.model.validate()?;

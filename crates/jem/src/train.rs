@@ -468,6 +468,12 @@ impl Trainer {
                 });
             }
         }
+        if !m.lse_data.is_finite() || m.lse_data.abs() > r.max_abs_energy {
+            return Some(Divergence {
+                what: "data energy |mean lse(data)|".into(),
+                value: m.lse_data,
+            });
+        }
         if let Some(s) = m.lse_sample {
             let gap = (m.lse_data - s).abs();
             if !gap.is_finite() || gap > r.max_energy_gap {

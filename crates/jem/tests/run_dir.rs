@@ -439,3 +439,31 @@ fn nan_samples_in_the_buffer_are_recovered_from() {
     assert!((0..buf.len()).all(|i| buf.chain(i).iter().all(|v| v.is_finite())));
     assert!(jem::checkpoint::params_finite(&run.model));
 }
+
+#[test]
+fn drifting_energies_are_flagged_and_the_run_gives_up_with_its_checkpoint_intact() {
+    let data = data_dir();
+    let runs = tempfile::tempdir().unwrap();
+    let dir = runs.path().join("drift");
+    let mut cfg = tiny_config(data.path());
+    cfg.loss.objective = Objective::Softmax;
+    cfg.schedule.max_steps = Some(20);
+    // The untrained model's lse of the data is about log(10) = 2.3: above this limit.
+    cfg.recovery.max_abs_energy = 1.0;
+    cfg.recovery.max_recoveries = 2;
+    let mut t = Trainer::create(cfg, &dir, &device()).unwrap();
+    let e = t.run(&mut NoObserver).unwrap_err().to_string();
+    assert!(
+        e.contains("data energy") && e.contains("after 2 recoveries"),
+        "{e}"
+    );
+    let recoveries = std::fs::read_to_string(dir.join(files::METRICS))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"recovery\""))
+        .count();
+    assert_eq!(recoveries, 2);
+    let run = Run::open(&dir, &device()).unwrap();
+    assert_eq!(run.state.step, 0);
+    assert!(jem::checkpoint::params_finite(&run.model));
+}
