@@ -318,6 +318,11 @@ impl CnnKernel {
         })
     }
 
+    /// Outputs per image (classes, or 1 for a scalar energy).
+    pub fn outputs(&self) -> usize {
+        self.classes
+    }
+
     /// The target's gradient with respect to `x` (`[b, c, h, w]` row-major) and its value per
     /// image.
     pub fn input_grad(

@@ -205,7 +205,10 @@ fn iteration_impl(
         }
     }
     if kernel
-        && matches!(objective, Objective::Softmax | Objective::Jem)
+        && matches!(
+            objective,
+            Objective::Softmax | Objective::Jem | Objective::Igebm
+        )
         && crate::cnn_cpu::available(&model)
     {
         let kernel_step = KernelStep {
@@ -324,6 +327,10 @@ impl KernelStep<'_> {
         let mut kernel =
             crate::cnn_cpu::CnnKernel::from_model(&model).expect("available() checked the model");
         let logits = kernel.forward(rows, n, self.shape);
+        if l.objective == Objective::Igebm {
+            let (dl, metrics) = self.igebm(&logits, kernel.outputs(), lr)?;
+            return Ok(self.finish(model, optim, kernel, &dl, metrics, t0, grad_norm, n_reinit));
+        }
         let px = if jem && self.px_rows > 0 {
             l.px_weight
         } else {
@@ -379,14 +386,6 @@ impl KernelStep<'_> {
                 value: total,
             });
         }
-        let (_, grads) = kernel.backward(n, self.shape, &dl, false, true);
-        let device = crate::eval::accuracy::model_device(&model).inner();
-        let grads = crate::cnn_cpu::gradients_params(
-            &model,
-            &grads.expect("weight gradients requested"),
-            &device,
-        );
-        let model = optim.step(lr, model, grads);
         let metrics = StepMetrics {
             step: 0,
             epoch: 0,
@@ -396,12 +395,114 @@ impl KernelStep<'_> {
             lse_sample,
             acc: Some(correct as f64 / bf),
             lr,
-            sgld_grad_norm: grad_norm,
+            sgld_grad_norm: None,
             stein: None,
             critic_loss: None,
-            n_reinit,
-            ms: t0.elapsed().as_secs_f64() * 1e3,
+            n_reinit: None,
+            ms: 0.0,
         };
-        Ok((model, metrics))
+        Ok(self.finish(model, optim, kernel, &dl, metrics, t0, grad_norm, n_reinit))
+    }
+
+    /// The IGEBM loss of [`crate::loss::igebm_loss`] on the kernel's logits (`outputs` per
+    /// row: 1 for the scalar energy) and its gradient in them.
+    fn igebm(
+        &self,
+        logits: &[f32],
+        outputs: usize,
+        lr: f64,
+    ) -> std::result::Result<(Vec<f32>, StepMetrics), Divergence> {
+        let alpha = self.cfg.loss.energy_l2 as f64;
+        let b = self.batch.labels.len();
+        let m = self.px_rows + self.pxy_rows;
+        let conditional = self.pxy_rows > 0;
+        let energy = |i: usize| -> (usize, f64) {
+            let row = &logits[i * outputs..(i + 1) * outputs];
+            if conditional {
+                let y = self.batch.labels[if i < b { i } else { i - b }];
+                (y, row[y] as f64)
+            } else {
+                (0, row[0] as f64)
+            }
+        };
+        let mut dl = vec![0.0f32; (b + m) * outputs];
+        let (mut sd, mut ss, mut qd, mut qs) = (0f64, 0f64, 0f64, 0f64);
+        for i in 0..b + m {
+            let (j, f) = energy(i);
+            let (count, sign) = if i < b { (b, -1.0) } else { (m, 1.0) };
+            dl[i * outputs + j] = ((sign + 2.0 * alpha * f) / count as f64) as f32;
+            if i < b {
+                sd += f;
+                qd += f * f;
+            } else {
+                ss += f;
+                qs += f * f;
+            }
+        }
+        let (md, ms) = (sd / b as f64, ss / m as f64);
+        let total = ms - md + alpha * (qd / b as f64 + qs / m as f64);
+        if !total.is_finite() || total.abs() > LOSS_LIMIT {
+            return Err(Divergence {
+                what: "loss".into(),
+                value: total,
+            });
+        }
+        let (mut ce, mut correct) = (None, None);
+        if outputs > 1 {
+            let (mut c, mut ok) = (0f64, 0usize);
+            for i in 0..b {
+                let row = &logits[i * outputs..(i + 1) * outputs];
+                let y = self.batch.labels[i];
+                c += (crate::cnn_cpu::softmax(row).0 - row[y]) as f64;
+                let pred = (0..outputs).fold(0, |m, j| if row[j] > row[m] { j } else { m });
+                ok += usize::from(pred == y);
+            }
+            ce = Some(c / b as f64);
+            correct = Some(ok as f64 / b as f64);
+        }
+        let metrics = StepMetrics {
+            step: 0,
+            epoch: 0,
+            loss: total,
+            ce,
+            lse_data: md,
+            lse_sample: Some(ms),
+            acc: correct,
+            lr,
+            sgld_grad_norm: None,
+            stein: None,
+            critic_loss: None,
+            n_reinit: None,
+            ms: 0.0,
+        };
+        Ok((dl, metrics))
+    }
+
+    /// Backward from `dl`, the update, and the step's remaining metrics.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        model: Classifier,
+        optim: &mut Optimizer,
+        mut kernel: crate::cnn_cpu::CnnKernel,
+        dl: &[f32],
+        mut metrics: StepMetrics,
+        t0: Instant,
+        grad_norm: Option<f64>,
+        n_reinit: Option<usize>,
+    ) -> (Classifier, StepMetrics) {
+        let n = dl.len() / kernel.outputs();
+        let (_, grads) = kernel.backward(n, self.shape, dl, false, true);
+        let device = crate::eval::accuracy::model_device(&model).inner();
+        let grads = crate::cnn_cpu::gradients_params(
+            &model,
+            &grads.expect("weight gradients requested"),
+            &device,
+        );
+        let model = optim.step(metrics.lr, model, grads);
+        metrics.sgld_grad_norm = grad_norm;
+        metrics.n_reinit = n_reinit;
+        metrics.ms = t0.elapsed().as_secs_f64() * 1e3;
+        (model, metrics)
     }
 }

@@ -162,6 +162,9 @@ pub fn score_images(
     scores: &[Score],
     batch_size: usize,
 ) -> Vec<Vec<f64>> {
+    if let Some(out) = score_images_cpu_kernel(model, images, shape, scores, batch_size) {
+        return out;
+    }
     let device = model_device(model).inner();
     let plain = model.valid();
     let len: usize = shape.iter().product();
@@ -198,6 +201,58 @@ pub fn score_images(
         }
     }
     out
+}
+
+/// [`score_images`] through [`crate::cnn_cpu`] (the CNN on the CPU): one forward per batch
+/// for every score, one backward for `pxgrad`.
+fn score_images_cpu_kernel(
+    model: &Classifier,
+    images: &[f32],
+    shape: [usize; 3],
+    scores: &[Score],
+    batch_size: usize,
+) -> Option<Vec<Vec<f64>>> {
+    if !crate::cnn_cpu::available(model) {
+        return None;
+    }
+    let mut kernel = crate::cnn_cpu::CnnKernel::from_model(model)?;
+    let k = kernel.outputs();
+    let len: usize = shape.iter().product();
+    let n = images.len() / len;
+    let mut out = vec![Vec::with_capacity(n); scores.len()];
+    for start in (0..n).step_by(batch_size.max(1)) {
+        let end = (start + batch_size).min(n);
+        let b = end - start;
+        let logits = kernel.forward(&images[start * len..end * len], b, shape);
+        let rows: Vec<(f32, Vec<f32>)> = logits
+            .chunks_exact(k)
+            .map(crate::cnn_cpu::softmax)
+            .collect();
+        let grad_norms = scores.contains(&Score::Pxgrad).then(|| {
+            let dl: Vec<f32> = rows.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+            let (g, _) = kernel.backward(b, shape, &dl, true, false);
+            g.expect("input gradient requested")
+                .chunks_exact(len)
+                .map(|r| (r.iter().map(|v| v * v).sum::<f32>()).sqrt())
+                .collect::<Vec<f32>>()
+        });
+        for (s, col) in scores.iter().zip(out.iter_mut()) {
+            for (i, (lse, p)) in rows.iter().enumerate() {
+                let v = match s {
+                    Score::Logp => *lse,
+                    Score::Py => p.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
+                    Score::EnergyT(t) => {
+                        let scaled: Vec<f32> =
+                            logits[i * k..(i + 1) * k].iter().map(|l| l / t).collect();
+                        crate::cnn_cpu::softmax(&scaled).0 * t
+                    }
+                    Score::Pxgrad => -grad_norms.as_ref().expect("computed above")[i],
+                };
+                col.push(v as f64);
+            }
+        }
+    }
+    Some(out)
 }
 
 /// One row of the OOD table.
