@@ -7,13 +7,13 @@
 # Every row reports test accuracy, ECE (20 bins), OOD AUROC against MNIST (scores logp and
 # py), median ms per step and recoveries.
 #
-# Usage: scripts/compare.sh [OUT_DIR] ; environment: STEPS (400), WARMUP (100),
+# Usage: scripts/compare.sh [OUT_DIR] ; environment: STEPS (800), WARMUP (100),
 # SEEDS ("1 2 3 4 5"), LANES (2: runs trained side by side, each with THREADS threads),
 # THREADS (1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/compare}
-steps=${STEPS:-400}
+steps=${STEPS:-800}
 warmup=${WARMUP:-100}
 seeds=${SEEDS:-1 2 3 4 5}
 lanes=${LANES:-2}

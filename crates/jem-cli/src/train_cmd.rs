@@ -45,6 +45,9 @@ pub(crate) enum ObjectiveArg {
     Lsd,
 }
 
+/// `--objective lsd`'s weight of the Stein term unless `--px-weight` is given.
+pub(crate) const LSD_PX_WEIGHT: f32 = 30.0;
+
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum SamplerArg {
     /// SGLD (JEM: 20 steps of size 1, noise 0.01).
@@ -150,7 +153,7 @@ pub(crate) struct TrainArgs {
     /// Weight of the p(x, y) term.
     #[arg(long)]
     pub(crate) pxy_weight: Option<f32>,
-    /// Weight of the p(x) term.
+    /// Weight of the p(x) term (with --objective lsd: of the Stein term, default 30).
     #[arg(long)]
     pub(crate) px_weight: Option<f32>,
     /// IGEBM: weight of the energy penalty alpha * (E(x_data)^2 + E(x_sample)^2).
@@ -248,6 +251,12 @@ impl TrainArgs {
                 ObjectiveArg::Igebm => Objective::Igebm,
                 ObjectiveArg::Lsd => Objective::Lsd,
             };
+            // The per-dimension Stein term needs a larger weight than JEM's p(x) term: 30 gave
+            // the best OOD detection at unchanged accuracy in our comparison (1 made it
+            // negligible; the unscaled term, 784, collapsed the classifier).
+            if matches!(o, ObjectiveArg::Lsd) && self.px_weight.is_none() {
+                c.loss.px_weight = LSD_PX_WEIGHT;
+            }
         }
         match self.arch {
             Some(ArchArg::Cnn) => c.model = ModelConfig::default(),

@@ -443,3 +443,63 @@ fn killed_with_sigkill_at_any_moment_resumes_to_the_same_result() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(model_tensors(&killed), model_tensors(&straight));
 }
+
+#[test]
+fn jem_pp_igebm_and_lsd_train_evaluate_and_compare() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    jem::data::synthetic::write_synthetic_fashion(&data, 160, 40, 2).unwrap();
+    let runs: Vec<(&str, Vec<&str>)> = vec![
+        ("jempp", vec!["--sampler", "pyld", "--init", "informative"]),
+        ("igebm", vec!["--objective", "igebm", "--spectral-norm"]),
+        ("lsd", vec!["--objective", "lsd", "--critic-steps", "2"]),
+    ];
+    let mut dirs = Vec::new();
+    for (name, flags) in &runs {
+        let run = tmp.path().join(name);
+        let mut extra = vec!["--max-steps", "3"];
+        extra.extend(flags.iter().copied());
+        let o = train_tiny(&data, &run, &extra);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let r = run.to_str().unwrap().to_string();
+        let o = jem(&["eval", "ood", "--run", &r, "--ood", "uniform", "--json"]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        dirs.push(r);
+    }
+    let cfg = std::fs::read_to_string(tmp.path().join("jempp/config.toml")).unwrap();
+    assert!(cfg.contains("sampler = \"pyld\"") && cfg.contains("init = \"informative\""));
+    let cfg = std::fs::read_to_string(tmp.path().join("lsd/config.toml")).unwrap();
+    assert!(cfg.contains("px_weight = 30.0") && cfg.contains("critic_steps = 2"));
+    assert!(tmp.path().join("lsd/critic.safetensors").exists());
+    // The scalar IGEBM has no classifier: a clear refusal, naming the run.
+    let o = jem(&["eval", "accuracy", "--run", &dirs[1]]);
+    assert!(
+        !o.status.success() && text(&o).contains("scalar energy"),
+        "{}",
+        text(&o)
+    );
+    let o = jem(&["eval", "accuracy", "--run", &dirs[2]]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut args = vec!["compare", "--json"];
+    args.extend(dirs.iter().map(String::as_str));
+    let o = jem(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["method"], "jem pyld/informative");
+    assert!(rows[1]["method"].as_str().unwrap().starts_with("igebm"));
+    assert_eq!(rows[2]["method"], "lsd");
+    assert!(rows[2]["accuracy"].as_f64().is_some());
+    assert!(rows[1]["accuracy"].is_null());
+    assert!(
+        rows.iter()
+            .all(|r| r["step"] == 3 && r["auroc"].as_array().unwrap().len() >= 3)
+    );
+    let o = jem(&["compare", &dirs[0], &dirs[2]]);
+    assert!(
+        text(&o).contains("| jempp | jem pyld/informative |"),
+        "{}",
+        text(&o)
+    );
+}
