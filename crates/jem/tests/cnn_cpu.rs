@@ -8,6 +8,16 @@ use jem::model::ModelConfig;
 use jem::rng::Rng;
 use jem::sgld::{SgldConfig, sgld, sgld_autodiff};
 
+/// burn's generator is per device and shared by the tests of this binary, which run in
+/// parallel: seeding and initialising under one lock keeps every test's model fixed.
+fn init(model: &ModelConfig, channels: usize, outputs: usize, seed: u64) -> jem::model::Classifier {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Device::flex().autodiff();
+    d.seed(seed);
+    model.init(channels, outputs, &d)
+}
+
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     let num: f32 = a
         .iter()
@@ -20,9 +30,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn check(widths: Vec<usize>, shape: [usize; 3], b: usize, seed: u64) {
-    let d = Device::flex().autodiff();
-    d.seed(seed);
-    let model = ModelConfig::Cnn { widths }.init(shape[0], 10, &d);
+    let model = init(&ModelConfig::Cnn { widths }, shape[0], 10, seed);
     assert!(available(&model));
     let n: usize = shape.iter().product();
     let mut x = vec![0.0f32; b * n];
@@ -78,9 +86,7 @@ fn the_kernel_gradient_equals_autodiff_for_other_shapes_and_widths() {
 
 #[test]
 fn sgld_chains_through_the_kernel_equal_the_autodiff_chains() {
-    let d = Device::flex().autodiff();
-    d.seed(4);
-    let model = ModelConfig::default().init(1, 10, &d);
+    let model = init(&ModelConfig::default(), 1, 10, 4);
     let mut x = vec![0.0f32; 8 * 784];
     Rng::new(5, 0).fill_uniform(&mut x, -1.0, 1.0);
     let start = Tensor::<4>::from_data(TensorData::new(x, [8, 1, 28, 28]), &Device::flex());
@@ -133,8 +139,7 @@ fn autodiff_weight_grads(
 #[test]
 fn the_kernel_weight_gradients_equal_autodiff() {
     let d = Device::flex().autodiff();
-    d.seed(8);
-    let model = ModelConfig::default().init(1, 10, &d);
+    let model = init(&ModelConfig::default(), 1, 10, 8);
     let b = 12;
     let mut x = vec![0.0f32; b * 784];
     Rng::new(9, 0).fill_uniform(&mut x, -1.0, 1.0);
@@ -169,8 +174,7 @@ fn kernel_step_equals_autodiff_step(cfg: jem::config::TrainConfig) {
     use jem::optim::Optimizer;
     use jem::step::{iteration, iteration_autodiff};
     let d = Device::flex().autodiff();
-    d.seed(11);
-    let model = cfg.model.init(1, cfg.model_outputs(10), &d);
+    let model = init(&cfg.model, 1, cfg.model_outputs(10), 11);
     let mut x = vec![0.0f32; 16 * 784];
     Rng::new(12, 0).fill_uniform(&mut x, -1.0, 1.0);
     let batch = Batch {
@@ -208,7 +212,9 @@ fn kernel_step_equals_autodiff_step(cfg: jem::config::TrainConfig) {
             &batch,
             [1, 28, 28],
             10,
-            1e-3,
+            // Large enough that the update is far above the f32 rounding of the weights it
+            // is read back from (with 1e-3 the cancellation alone is about 1e-3 relative).
+            1.0,
             &mut rng,
             &d,
         )
@@ -221,7 +227,7 @@ fn kernel_step_equals_autodiff_step(cfg: jem::config::TrainConfig) {
     let (pa, ma) = run(false);
     assert!(pa.iter().any(|v| *v != 0.0));
     let e = rel_err(&pk, &pa);
-    assert!(e < 1e-3, "updates differ by {e}");
+    assert!(e < 1e-4, "updates differ by {e}");
     for (a, b) in [
         (mk.loss, ma.loss),
         (mk.ce.unwrap_or(0.0), ma.ce.unwrap_or(0.0)),
@@ -269,9 +275,7 @@ fn kernel_training_steps_equal_the_autodiff_steps() {
 fn ood_scores_through_the_kernel_equal_autodiff() {
     use jem::energy::logsumexp;
     use jem::eval::ood::{Score, score_images};
-    let d = Device::flex().autodiff();
-    d.seed(15);
-    let model = ModelConfig::default().init(1, 10, &d);
+    let model = init(&ModelConfig::default(), 1, 10, 15);
     let b = 10;
     let mut x = vec![0.0f32; b * 784];
     Rng::new(16, 0).fill_uniform(&mut x, -1.0, 1.0);
