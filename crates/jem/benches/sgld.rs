@@ -18,8 +18,7 @@ use jem::train::iteration;
 fn benches(c: &mut Criterion) {
     let cfg = TrainConfig::default();
     let device = Device::flex().autodiff();
-    device.seed(0);
-    let mut model = cfg.model.init(1, 10, &device);
+    let mut model = cfg.model.init_seeded(1, 10, &device, 0);
     let mut rng = Rng::new(0, 0);
     let mut x0 = vec![0.0f32; 64 * 784];
     rng.fill_uniform(&mut x0, -1.0, 1.0);

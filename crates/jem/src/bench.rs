@@ -135,10 +135,10 @@ pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
         ..TrainConfig::default()
     };
     let device = device.clone().autodiff();
-    device.seed(0);
+
     let (shape, k, b) = (spec.shape, spec.classes, spec.batch);
     let [c, h, w] = shape;
-    let mut model = cfg.model.init(c, k, &device);
+    let mut model = cfg.model.init_seeded(c, k, &device, 0);
     let mut rng = Rng::new(0, 0);
     let mut x0 = vec![0.0f32; b * c * h * w];
     rng.fill_uniform(&mut x0, -1.0, 1.0);

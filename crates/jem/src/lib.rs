@@ -53,6 +53,14 @@ pub mod step;
 pub mod train;
 
 pub use burn::prelude::{Device, Tensor};
+
+/// burn's random generator belongs to the device and is shared by every thread of the
+/// process: whoever seeds it or draws initial weights from it holds this lock, so that a seed
+/// always gives the same weights even while other threads build models.
+pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 pub use error::{Error, Result};
 
 /// The device jem computes on by default: the first GPU backend compiled in (`cuda`, then

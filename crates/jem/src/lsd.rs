@@ -114,6 +114,12 @@ impl LsdConfig {
 
     /// Build the critic for images with `channels` channels.
     pub fn init_critic(&self, channels: usize, device: &Device) -> Critic {
+        let _guard = crate::rng_lock();
+        self.init_critic_unlocked(channels, device)
+    }
+
+    /// [`LsdConfig::init_critic`] for a caller that holds [`crate::rng_lock`].
+    pub(crate) fn init_critic_unlocked(&self, channels: usize, device: &Device) -> Critic {
         let mut convs = Vec::with_capacity(self.critic_widths.len() + 1);
         let mut cin = channels;
         for &w in self.critic_widths.iter().chain(std::iter::once(&channels)) {

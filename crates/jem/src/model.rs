@@ -105,8 +105,34 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Build the network for images with `in_channels` channels and `num_classes` outputs.
+    /// Build the network for images with `in_channels` channels and `num_classes` outputs,
+    /// its weights drawn from `device`'s generator as it stands.
     pub fn init(&self, in_channels: usize, num_classes: usize, device: &Device) -> Classifier {
+        let _guard = crate::rng_lock();
+        self.init_unlocked(in_channels, num_classes, device)
+    }
+
+    /// [`ModelConfig::init`] after seeding `device`'s generator with `seed`, both under one
+    /// lock: the same seed gives the same weights whatever other threads do.
+    pub fn init_seeded(
+        &self,
+        in_channels: usize,
+        num_classes: usize,
+        device: &Device,
+        seed: u64,
+    ) -> Classifier {
+        let _guard = crate::rng_lock();
+        device.seed(seed);
+        self.init_unlocked(in_channels, num_classes, device)
+    }
+
+    /// [`ModelConfig::init`] for a caller that holds [`crate::rng_lock`].
+    pub(crate) fn init_unlocked(
+        &self,
+        in_channels: usize,
+        num_classes: usize,
+        device: &Device,
+    ) -> Classifier {
         let model = match self {
             ModelConfig::Cnn { widths } => {
                 Classifier::Cnn(Cnn::new(in_channels, widths, num_classes, device))

@@ -265,19 +265,20 @@ impl Trainer {
         let (train, valid) = load_data(&cfg)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let device = device.clone().autodiff();
-        // burn's generator belongs to the device and is shared by every thread: seed and
-        // initialise under one lock, so runs created concurrently in one process still get
-        // the weights their seeds say.
+        // Seed and draw the initial weights under one lock (see `crate::rng_lock`).
         let (model, critic) = {
-            static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-            let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = crate::rng_lock();
             device.seed(cfg.seed);
-            let model = cfg.model.init(
+            let model = cfg.model.init_unlocked(
                 train.shape[0],
                 cfg.model_outputs(train.num_classes),
                 &device,
             );
-            (model, new_critic(&cfg, train.shape[0], &device))
+            let critic = (cfg.loss.objective == Objective::Lsd).then(|| CriticState {
+                critic: cfg.loss.lsd.init_critic_unlocked(train.shape[0], &device),
+                optim: Optimizer::new(&critic_optim_config(&cfg)),
+            });
+            (model, critic)
         };
         let mut rng = Rng::new(cfg.seed, 1);
         let start = chain_start(&cfg, &train, &device)?;

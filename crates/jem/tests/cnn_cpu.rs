@@ -8,14 +8,8 @@ use jem::model::ModelConfig;
 use jem::rng::Rng;
 use jem::sgld::{SgldConfig, sgld, sgld_autodiff};
 
-/// burn's generator is per device and shared by the tests of this binary, which run in
-/// parallel: seeding and initialising under one lock keeps every test's model fixed.
 fn init(model: &ModelConfig, channels: usize, outputs: usize, seed: u64) -> jem::model::Classifier {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let d = Device::flex().autodiff();
-    d.seed(seed);
-    model.init(channels, outputs, &d)
+    model.init_seeded(channels, outputs, &Device::flex().autodiff(), seed)
 }
 
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {

@@ -27,8 +27,7 @@ fn ad() -> Device {
 
 fn small_model(seed: u64) -> Classifier {
     let d = ad();
-    d.seed(seed);
-    ModelConfig::Cnn { widths: vec![4, 8] }.init(1, 10, &d)
+    ModelConfig::Cnn { widths: vec![4, 8] }.init_seeded(1, 10, &d, seed)
 }
 
 fn tensor(v: Vec<f32>, dims: [usize; 4], d: &Device) -> Tensor<4> {
@@ -320,21 +319,7 @@ fn spectral_normalisation_gives_every_weight_matrix_unit_norm() {
 }
 
 fn tiny(data: &Path) -> TrainConfig {
-    let mut c = TrainConfig::default();
-    c.data.dataset = DatasetKind::FashionMnist;
-    c.data.dir = Some(data.to_path_buf());
-    c.data.n_valid = 32;
-    c.model = ModelConfig::Cnn { widths: vec![6, 8] };
-    c.schedule.batch_size = 16;
-    c.schedule.epochs = 3;
-    c.schedule.log_every = 1;
-    c.schedule.checkpoint_every = 100;
-    c.sgld.steps = 3;
-    c.buffer.size = 100;
-    c.optim.warmup_steps = 2;
-    c.optim.lr = 1e-3;
-    c.seed = 5;
-    c
+    common::tiny_config(data, 5)
 }
 
 fn data_dir(n_train: usize) -> tempfile::TempDir {
@@ -465,8 +450,7 @@ fn the_stein_critic_learns_to_raise_the_discrepancy() {
         (all, ())
     };
     let d = ad();
-    d.seed(1);
-    let mut model = cfg.model.init(1, 10, &d);
+    let mut model = cfg.model.init_seeded(1, 10, &d, 1);
     let mut optim = jem::optim::Optimizer::new(&cfg.optim);
     let mut critic = jem::lsd::CriticState {
         critic: cfg.loss.lsd.init_critic(1, &d),

@@ -6,30 +6,18 @@ use std::path::Path;
 use burn::prelude::*;
 use jem::checkpoint::files;
 use jem::config::TrainConfig;
-use jem::data::DatasetKind;
 use jem::loss::Objective;
 use jem::model::ModelConfig;
 use jem::train::{NoObserver, Trainer};
 use jem::{Error, eval::run::Run};
 
+mod common;
+
 fn tiny_config(data: &Path) -> TrainConfig {
-    let mut c = TrainConfig::default();
-    c.data.dataset = DatasetKind::FashionMnist;
-    c.data.dir = Some(data.to_path_buf());
-    c.data.n_valid = 32;
-    c.model = ModelConfig::Cnn { widths: vec![6, 8] };
-    c.schedule.batch_size = 16;
-    c.schedule.epochs = 3;
-    c.schedule.log_every = 1;
-    c.schedule.checkpoint_every = 100;
-    c.sgld.steps = 3;
-    c.buffer.size = 100;
+    let mut c = common::tiny_config(data, 42);
     c.buffer.conditional = true;
     c.loss.pxy_weight = 0.5;
-    c.optim.warmup_steps = 2;
-    c.optim.lr = 1e-3;
     c.data.augment.crop_pad = 2;
-    c.seed = 42;
     c
 }
 

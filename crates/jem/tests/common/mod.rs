@@ -23,14 +23,13 @@ pub fn synthetic(n_train: usize, n_test: usize, seed: u64) -> (Dataset, Dataset)
 /// warm-up); returns it and the last batch accuracy.
 pub fn trained_softmax(data: &Dataset) -> (Classifier, f64) {
     let d = Device::flex().autodiff();
-    d.seed(0);
     let mut cfg = TrainConfig::default();
     cfg.loss.objective = Objective::Softmax;
     cfg.model = ModelConfig::Cnn {
         widths: vec![8, 16],
     };
     cfg.optim.warmup_steps = 0;
-    let mut model = cfg.model.init(1, 10, &d);
+    let mut model = cfg.model.init_seeded(1, 10, &d, 0);
     let mut opt = Optimizer::new(&cfg.optim);
     let mut rng = Rng::new(0, 0);
     let mut last_acc = 0.0;
@@ -55,4 +54,24 @@ pub fn trained_softmax(data: &Dataset) -> (Classifier, f64) {
         last_acc = metrics.acc.expect("a classifier reports accuracy");
     }
     (model, last_acc)
+}
+
+/// A small run on the synthetic data in `data`: CNN [6, 8], batch 16, 3 epochs, every step
+/// logged, 3 SGLD steps, a 100-chain buffer, Adam 1e-3 with a 2-step warm-up.
+pub fn tiny_config(data: &std::path::Path, seed: u64) -> TrainConfig {
+    let mut c = TrainConfig::default();
+    c.data.dataset = DatasetKind::FashionMnist;
+    c.data.dir = Some(data.to_path_buf());
+    c.data.n_valid = 32;
+    c.model = ModelConfig::Cnn { widths: vec![6, 8] };
+    c.schedule.batch_size = 16;
+    c.schedule.epochs = 3;
+    c.schedule.log_every = 1;
+    c.schedule.checkpoint_every = 100;
+    c.sgld.steps = 3;
+    c.buffer.size = 100;
+    c.optim.warmup_steps = 2;
+    c.optim.lr = 1e-3;
+    c.seed = seed;
+    c
 }
