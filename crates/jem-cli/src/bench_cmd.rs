@@ -13,7 +13,7 @@ pub(crate) struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
-    /// Timed SGLD steps.
+    /// Timed SGLD chains (20 steps each; reported per step).
     #[arg(long, default_value_t = 20)]
     pub(crate) sgld_reps: usize,
     /// Timed iterations.
@@ -85,6 +85,13 @@ pub(crate) fn bench(a: BenchArgs, device: &jem::Device, threads: usize) -> Resul
             r.iteration_ms,
             r.gflops
         );
+        if let (Some(s), Some(i)) = (r.sgld_step_bf16_ms, r.iteration_bf16_ms) {
+            println!(
+                "bf16 chains: SGLD step {s:.2} ms ({:.2}x f32), iteration {i:.1} ms ({:.2}x f32)",
+                r.sgld_step_ms / s,
+                r.iteration_ms / i
+            );
+        }
         if let Some(p) = peak {
             println!(
                 "FP32 GEMM peak (2048^3): {p:.1} GFLOP/s; SGLD step at {:.0}%, iteration at {:.0}% of it",

@@ -9,10 +9,11 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::ReplayBuffer;
+use crate::cnn_cpu::Precision;
 use crate::config::TrainConfig;
 use crate::data::Batch;
 use crate::energy::{Target, input_grad_autodiff};
-use crate::model::ModelConfig;
+use crate::model::{Classifier, ModelConfig};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
 use crate::sgld::{SgldConfig, sgld};
@@ -79,7 +80,7 @@ pub struct BenchSpec {
     pub classes: usize,
     /// Images per batch (the iteration also samples as many chains).
     pub batch: usize,
-    /// Timed SGLD steps (after 3 untimed).
+    /// Timed SGLD chains of the paper's 20 steps (after 3 untimed); the step time is a chain's over its steps.
     pub sgld_reps: usize,
     /// Timed iterations (after 2 untimed).
     pub iter_reps: usize,
@@ -120,6 +121,11 @@ pub struct BenchReport {
     pub sgld_step_gflop: f64,
     /// GFLOP of one iteration.
     pub iteration_gflop: f64,
+    /// Median ms of the SGLD step with bf16 products (`None` where the kernel or the CPU
+    /// cannot run it).
+    pub sgld_step_bf16_ms: Option<f64>,
+    /// Median ms of the iteration with bf16 chains (the training step itself in f32).
+    pub iteration_bf16_ms: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -127,7 +133,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Time `spec.sgld_reps` SGLD steps and `spec.iter_reps` JEM iterations (paper settings:
+/// Time `spec.sgld_reps` SGLD chains (per step) and `spec.iter_reps` JEM iterations (paper settings:
 /// 20 SGLD steps, a 10,000-chain buffer, Adam) after warm-up, on `device`.
 pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
     let cfg = TrainConfig {
@@ -144,18 +150,17 @@ pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
     rng.fill_uniform(&mut x0, -1.0, 1.0);
     let inner = device.clone().inner();
     let x = Tensor::<4>::from_data(TensorData::new(x0.clone(), [b, c, h, w]), &inner);
-    // One step of the sampler training uses (the CPU kernel for the CNN on the CPU), and the
-    // same step through burn's autodiff.
-    let one = SgldConfig {
-        steps: 1,
-        ..cfg.sgld.clone()
-    };
+    // The sampler as training runs it (the CPU kernel for the CNN on the CPU): a chain of the
+    // paper's 20 steps per timing, divided by its steps; and one step through burn's autodiff.
+    let chain = cfg.sgld.clone();
+    let per_step = |t: Instant| t.elapsed().as_secs_f64() * 1e3 / chain.steps.max(1) as f64;
     let mut times = Vec::new();
     let mut reference = Vec::new();
     for i in 0..spec.sgld_reps + 3 {
         let t = Instant::now();
-        let out = sgld(&model, x.clone(), &Target::Marginal, &one, &mut rng);
+        let out = sgld(&model, x.clone(), &Target::Marginal, &chain, &mut rng);
         let _: Vec<f32> = out.samples.into_data().try_to_vec::<f32>().expect("f32");
+        let chain_ms = per_step(t);
         let mid = Instant::now();
         let (g, _) = input_grad_autodiff(&model, x.clone(), &Target::Marginal);
         let _: Vec<f32> = (x.clone() + g)
@@ -163,41 +168,66 @@ pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
             .try_to_vec::<f32>()
             .expect("f32");
         if i >= 3 {
-            times.push((mid - t).as_secs_f64() * 1e3);
+            times.push(chain_ms);
             reference.push(mid.elapsed().as_secs_f64() * 1e3);
         }
     }
     let sgld_ms = median(times);
     let sgld_autodiff_ms = median(reference);
+    let bf16 = crate::cnn_cpu::available(&model) && Precision::Bf16.supported();
+    let sgld_bf16_ms = bf16.then(|| {
+        let params = SgldConfig {
+            precision: Precision::Bf16,
+            ..chain.clone()
+        };
+        let times: Vec<f64> = (0..spec.sgld_reps + 3)
+            .map(|_| {
+                let t = Instant::now();
+                let out = sgld(&model, x.clone(), &Target::Marginal, &params, &mut rng);
+                let _: Vec<f32> = out.samples.into_data().try_to_vec::<f32>().expect("f32");
+                per_step(t)
+            })
+            .skip(3)
+            .collect();
+        median(times)
+    });
     let mut buffer = ReplayBuffer::uniform(&cfg.buffer, shape, k, &mut rng);
-    let mut optim = Optimizer::new(&cfg.optim);
     let batch = Batch {
         images: x0,
         labels: (0..b).map(|_| rng.below(k)).collect(),
     };
-    let mut times = Vec::new();
-    for i in 0..spec.iter_reps + 2 {
-        let t = Instant::now();
-        let out = iteration(
-            &cfg,
-            model.clone(),
-            &mut optim,
-            Some(&mut buffer),
-            &batch,
-            shape,
-            k,
-            1e-4,
-            &mut rng,
-            &device,
-        );
-        if let Ok((m, _)) = out {
-            model = m;
+    let mut time_iterations = |cfg: &TrainConfig, model: &mut Classifier| {
+        let mut optim = Optimizer::new(&cfg.optim);
+        let mut times = Vec::new();
+        for i in 0..spec.iter_reps + 2 {
+            let t = Instant::now();
+            let out = iteration(
+                cfg,
+                model.clone(),
+                &mut optim,
+                Some(&mut buffer),
+                &batch,
+                shape,
+                k,
+                1e-4,
+                &mut rng,
+                &device,
+            );
+            if let Ok((m, _)) = out {
+                *model = m;
+            }
+            if i >= 2 {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
         }
-        if i >= 2 {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    let iter_ms = median(times);
+        median(times)
+    };
+    let iter_ms = time_iterations(&cfg, &mut model);
+    let iter_bf16_ms = bf16.then(|| {
+        let mut cfg = cfg.clone();
+        cfg.sgld.precision = Precision::Bf16;
+        time_iterations(&cfg, &mut model)
+    });
     let f = forward_flops(&spec.model, shape, k) * b as f64 / 1e9; // forward GFLOP per batch
     // SGLD step: forward + input gradient (2x forward). Iteration: the SGLD steps, then
     // forward + backward (input and weight gradients, 3x forward) on data and samples.
@@ -213,6 +243,8 @@ pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
         batch: b,
         sgld_step_gflop: sgld_gflop,
         iteration_gflop,
+        sgld_step_bf16_ms: sgld_bf16_ms,
+        iteration_bf16_ms: iter_bf16_ms,
     }
 }
 

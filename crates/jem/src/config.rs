@@ -269,6 +269,14 @@ impl TrainConfig {
         self.loss.validate()?;
         if self.loss.needs_sampling() {
             self.sgld.validate()?;
+            if self.sgld.precision != crate::cnn_cpu::Precision::F32
+                && !matches!(self.model, crate::model::ModelConfig::Cnn { .. })
+            {
+                return Err(ConfigError::field(
+                    "sgld.precision",
+                    "bf16 chains run in the CPU kernel of the CNN only; use f32 for this model",
+                ));
+            }
             if self.sgld.steps == 0 {
                 return Err(ConfigError::field(
                     "sgld.steps",

@@ -10,6 +10,7 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::cnn_cpu::Precision;
 use crate::config::ConfigError;
 use crate::energy::{Target, input_grad_autodiff};
 use crate::model::Classifier;
@@ -40,6 +41,10 @@ pub struct SgldConfig {
     pub noise_std: f32,
     /// Proximal SGLD only: each gradient component is clamped to `[-grad_clip, grad_clip]`.
     pub grad_clip: f32,
+    /// Number format of the chains' gradient passes: f32, or bf16 products with f32
+    /// accumulation (the CPU kernel of the CNN on a CPU with AVX512-BF16 only; the update
+    /// itself stays f32).
+    pub precision: Precision,
 }
 
 impl Default for SgldConfig {
@@ -50,6 +55,7 @@ impl Default for SgldConfig {
             step_size: 1.0,
             noise_std: 0.01,
             grad_clip: 0.1,
+            precision: Precision::F32,
         }
     }
 }
@@ -64,6 +70,7 @@ impl SgldConfig {
             step_size: 0.2,
             noise_std: 0.0,
             grad_clip: 0.1,
+            precision: Precision::F32,
         }
     }
 
@@ -85,6 +92,12 @@ impl SgldConfig {
             return Err(ConfigError::field(
                 "sgld.grad_clip",
                 format!("{}: must be positive and finite", self.grad_clip),
+            ));
+        }
+        if self.precision != Precision::F32 && !self.precision.supported() {
+            return Err(ConfigError::field(
+                "sgld.precision",
+                "bf16 chains need a CPU with AVX512-BF16, which this one lacks (use f32)",
             ));
         }
         Ok(())
@@ -117,6 +130,9 @@ pub fn sgld(
 ) -> SgldOutput {
     if let Some(out) = sgld_cpu_kernel(model, &start, target, params, rng) {
         return out;
+    }
+    if params.precision != Precision::F32 {
+        tracing::warn!("bf16 chains need the CPU kernel of the CNN; these run in f32");
     }
     sgld_autodiff(model, start, target, params, rng)
 }
@@ -183,7 +199,7 @@ fn sgld_cpu_kernel(
     if !crate::cnn_cpu::available(model) {
         return None;
     }
-    let mut kernel = crate::cnn_cpu::CnnKernel::from_model(model)?;
+    let mut kernel = crate::cnn_cpu::CnnKernel::with_precision(model, params.precision)?;
     let dims = start.dims();
     let [b, c, h, w] = dims;
     let device = start.device();

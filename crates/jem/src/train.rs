@@ -254,6 +254,7 @@ impl Trainer {
     /// Start a new run in `dir` (created; it must not hold files yet).
     pub fn create(cfg: TrainConfig, dir: &Path, device: &Device) -> Result<Self> {
         cfg.validate()?;
+        crate::cnn_cpu::check_precision(cfg.sgld.precision, device)?;
         if dir.exists()
             && std::fs::read_dir(dir)
                 .map_err(|e| Error::io(dir, e))?
@@ -329,6 +330,7 @@ impl Trainer {
         let mut cfg = saved.clone();
         adjust(&mut cfg);
         cfg.validate()?;
+        crate::cnn_cpu::check_precision(cfg.sgld.precision, device)?;
         for (field, same) in [
             ("data", cfg.data == saved.data),
             ("model", cfg.model == saved.model),

@@ -1,0 +1,180 @@
+//! im2col and its adjoint for a 3x3 convolution with padding 1 on channels-last activations
+//! (`[b, h, w, c]`): an output position `(img, oy, ox)` reads, for each kernel row `ky`, the
+//! three neighbouring input pixels `ox * s - 1 ..= ox * s + 1` of input row `oy * s + ky - 1`,
+//! which are `3 * cin` consecutive values. So a row of the column matrix is three contiguous
+//! copies (`(ky, kx, ci)` order), and the adjoint three contiguous additions.
+
+use std::ops::Range;
+
+/// The shape of one convolution layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Geo {
+    /// Input channels.
+    pub cin: usize,
+    /// Input height and width.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output height.
+    pub ho: usize,
+    /// Output width.
+    pub wo: usize,
+    /// Stride.
+    pub s: usize,
+}
+
+impl Geo {
+    /// The length of a column row: `9 * cin` rounded up to even (bf16 pairs).
+    pub fn kp(&self) -> usize {
+        (9 * self.cin).next_multiple_of(2)
+    }
+
+    /// Output positions per image.
+    pub fn hw_out(&self) -> usize {
+        self.ho * self.wo
+    }
+}
+
+/// The input pixels of output position `m` for kernel row `ky`: `None` when the row lies in
+/// the padding, else the offset (in values) of input pixel `(iy, ix0)` and the range of the
+/// three kernel columns that fall inside the image.
+#[inline]
+fn run(g: &Geo, m: usize, ky: usize) -> Option<(usize, Range<usize>)> {
+    let hw = g.hw_out();
+    let (img, p) = (m / hw, m % hw);
+    let (oy, ox) = (p / g.wo, p % g.wo);
+    let iy = (oy * g.s + ky).checked_sub(1)?;
+    if iy >= g.h {
+        return None;
+    }
+    let x0 = ox * g.s; // input column of kx = 1
+    let lo = if x0 == 0 { 1 } else { 0 };
+    let hi = if x0 + 1 < g.w { 3 } else { 2 };
+    let ix = x0 + lo - 1;
+    Some((((img * g.h + iy) * g.w + ix) * g.cin, lo..hi))
+}
+
+/// `dst = src`; runs this short are copied in line rather than through `memcpy`.
+#[inline(always)]
+fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
+    if dst.len() <= 16 {
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// `dst = 0`, in line for short runs.
+#[inline(always)]
+fn zero_run<T: Copy + Default>(dst: &mut [T]) {
+    if dst.len() <= 16 {
+        dst.iter_mut().for_each(|d| *d = T::default());
+    } else {
+        dst.fill(T::default());
+    }
+}
+
+/// Column rows of output positions `ms` (over the whole batch) from `x` (`[b, h, w, cin]`):
+/// row `i` is `cols[i * kp..(i + 1) * kp]`, zero where the kernel reads padding.
+pub fn im2col<T: Copy + Default>(x: &[T], g: &Geo, ms: Range<usize>, cols: &mut [T]) {
+    let (kp, c) = (g.kp(), g.cin);
+    for (m, row) in ms.zip(cols.chunks_exact_mut(kp)) {
+        zero_run(&mut row[9 * c..]);
+        for ky in 0..3 {
+            let dst = &mut row[ky * 3 * c..(ky + 1) * 3 * c];
+            match run(g, m, ky) {
+                None => zero_run(dst),
+                Some((off, kx)) => {
+                    zero_run(&mut dst[..kx.start * c]);
+                    zero_run(&mut dst[kx.end * c..]);
+                    copy_run(
+                        &mut dst[kx.start * c..kx.end * c],
+                        &x[off..off + kx.len() * c],
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds the column rows of positions `ms` onto `dx`
+/// (`[b, h, w, cin]`, or any slice that starts at image `first_img`).
+pub fn col2im_add(cols: &[f32], g: &Geo, ms: Range<usize>, dx: &mut [f32], first_img: usize) {
+    let (kp, c) = (g.kp(), g.cin);
+    let base = first_img * g.h * g.w * c;
+    for (m, row) in ms.zip(cols.chunks_exact(kp)) {
+        for ky in 0..3 {
+            if let Some((off, kx)) = run(g, m, ky) {
+                let src = &row[ky * 3 * c + kx.start * c..ky * 3 * c + kx.end * c];
+                let off = off - base;
+                dx[off..off + src.len()]
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(d, s)| *d += s);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `col2im_add` is the adjoint of `im2col`: `<im2col(x), c> = <x, col2im(c)>`, and
+    /// `im2col` puts each input value where the convolution reads it.
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        for &(cin, h, w, s, b) in &[
+            (1, 5, 4, 1, 2),
+            (3, 7, 7, 2, 2),
+            (2, 4, 6, 2, 1),
+            (4, 1, 1, 1, 3),
+        ] {
+            let g = Geo {
+                cin,
+                h,
+                w,
+                ho: (h - 1) / s + 1,
+                wo: (w - 1) / s + 1,
+                s,
+            };
+            let x: Vec<f32> = (0..b * h * w * cin)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect();
+            let rows = b * g.hw_out();
+            let kp = g.kp();
+            let mut cols = vec![f32::NAN; rows * kp];
+            im2col(&x, &g, 0..rows, &mut cols);
+            for m in 0..rows {
+                let (img, oy, ox) = (m / g.hw_out(), (m % g.hw_out()) / g.wo, m % g.wo);
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        for ci in 0..cin {
+                            let (iy, ix) = ((oy * s + ky) as isize - 1, (ox * s + kx) as isize - 1);
+                            let want = if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                0.0
+                            } else {
+                                x[((img * h + iy as usize) * w + ix as usize) * cin + ci]
+                            };
+                            assert_eq!(cols[m * kp + (ky * 3 + kx) * cin + ci], want);
+                        }
+                    }
+                }
+                assert!(
+                    cols[m * kp + 9 * cin..(m + 1) * kp]
+                        .iter()
+                        .all(|&v| v == 0.0)
+                );
+            }
+            let c: Vec<f32> = (0..rows * kp).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut dx = vec![0.0f32; x.len()];
+            col2im_add(&c, &g, 0..rows, &mut dx, 0);
+            let lhs: f64 = cols.iter().zip(&c).map(|(a, b)| (a * b) as f64).sum();
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| (a * b) as f64).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+                "{lhs} vs {rhs}"
+            );
+        }
+    }
+}

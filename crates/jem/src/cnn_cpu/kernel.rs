@@ -1,0 +1,747 @@
+//! [`CnnKernel`]: the frozen weights of the CNN, packed, and its forward and backward passes.
+//! A batch is split into blocks of images, and each block runs through all layers on one
+//! thread (one parallel region per pass): the layers of one image never wait on another
+//! image, and a block's activations stay close to its core.
+
+use burn::prelude::*;
+use rayon::prelude::*;
+
+use super::cols::{Geo, col2im_add, im2col};
+use super::gemm::{self, Epilogue, PackedBf16, PackedF32, to_bf16};
+use super::{HostTarget, Precision, WeightGrads, softmax};
+use crate::model::{Classifier, LEAKY_SLOPE};
+
+/// One 3x3 convolution, padding 1, with its weights packed for both products.
+#[derive(Clone, Debug)]
+struct Conv {
+    /// `[cout, cin * 9]` row-major (burn's `[cout, cin, 3, 3]` as is).
+    w: Vec<f32>,
+    b: Vec<f32>,
+    cin: usize,
+    cout: usize,
+    stride: usize,
+    /// Forward: `B[(ky, kx, ci), co]` (`kp x cout`).
+    fwd: PackedF32,
+    /// Input gradient: `B[co, (ky, kx, ci)]` (`cout x kp`).
+    bwd: PackedF32,
+    fwd16: Option<PackedBf16>,
+    bwd16: Option<PackedBf16>,
+}
+
+impl Conv {
+    fn new(w: Vec<f32>, b: Vec<f32>, cin: usize, cout: usize, stride: usize) -> Self {
+        let kp = (9 * cin).next_multiple_of(2);
+        // Weight of output channel `co` at column-row index `(ky, kx, ci)` (zero padding).
+        let at = |co: usize, r: usize| {
+            if r >= 9 * cin {
+                return 0.0;
+            }
+            let (tap, ci) = (r / cin, r % cin);
+            w[(co * cin + ci) * 9 + tap]
+        };
+        let fwd = PackedF32::new(kp, cout, |r, co| at(co, r));
+        let bwd = PackedF32::new(cout, kp, at);
+        Conv {
+            fwd,
+            bwd,
+            fwd16: None,
+            bwd16: None,
+            w,
+            b,
+            cin,
+            cout,
+            stride,
+        }
+    }
+
+    fn pack_bf16(&mut self) {
+        let (cin, kp) = (self.cin, (9 * self.cin).next_multiple_of(2));
+        let w = &self.w;
+        let at = |co: usize, r: usize| {
+            if r >= 9 * cin {
+                return 0.0;
+            }
+            w[(co * cin + r % cin) * 9 + r / cin]
+        };
+        self.fwd16 = Some(PackedBf16::new(kp, self.cout, |r, co| at(co, r)));
+        self.bwd16 = Some(PackedBf16::new(self.cout, kp, at));
+    }
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("f32 weights")
+}
+
+fn out_size(n: usize, stride: usize) -> usize {
+    (n + 2 - 3) / stride + 1
+}
+
+/// `dst[m, n] = (read_dst ? dst : 0) + a * b` through the `gemm` crate (the weight gradients),
+/// `a` and `b` given by their (row, column) strides; single-threaded.
+///
+/// # Safety
+/// Every element the strides reach must lie inside the allocations behind the pointers, and
+/// `dst` must not alias `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    read_dst: bool,
+    a: *const f32,
+    (a_rs, a_cs): (usize, usize),
+    b: *const f32,
+    (b_rs, b_cs): (usize, usize),
+) {
+    unsafe {
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            read_dst,
+            a,
+            a_cs as isize,
+            a_rs as isize,
+            b,
+            b_cs as isize,
+            b_rs as isize,
+            if read_dst { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            ::gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `rows` column rows (`kp` values each) times a packed `B`, into `c` (row stride `c_rs`).
+#[allow(clippy::too_many_arguments)]
+fn product(
+    rows: usize,
+    a32: &[f32],
+    a16: &[u16],
+    a_rs: usize,
+    f32_b: &PackedF32,
+    bf16_b: Option<&PackedBf16>,
+    c: &mut [f32],
+    c_rs: usize,
+    epi: Epilogue,
+) {
+    assert!(c.len() >= rows.saturating_sub(1) * c_rs, "output rows");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller built the kernel only where `Isa::detect` found AVX-512 (and BF16
+    // for a bf16 `B`); the slices hold `rows` rows at the strides given.
+    unsafe {
+        match bf16_b {
+            None => {
+                assert!(a32.len() >= rows * a_rs, "input rows");
+                gemm::gemm_f32(rows, a32.as_ptr(), a_rs, f32_b, c.as_mut_ptr(), c_rs, epi)
+            }
+            Some(b) => {
+                assert!(a16.len() >= rows * a_rs, "input rows");
+                gemm::gemm_bf16(
+                    rows,
+                    a16.as_ptr() as *const u32,
+                    a_rs / 2,
+                    b,
+                    c.as_mut_ptr(),
+                    c_rs,
+                    epi,
+                )
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the kernel is built only on x86-64 with AVX-512");
+}
+
+/// The frozen weights of a [`Classifier::Cnn`] and the buffers of its passes.
+#[derive(Clone, Debug)]
+pub struct CnnKernel {
+    convs: Vec<Conv>,
+    /// `[features, classes]` (burn's Linear layout).
+    head_w: Vec<f32>,
+    head_b: Vec<f32>,
+    classes: usize,
+    precision: Precision,
+    /// Images per block of the last batch.
+    per: usize,
+    /// Every layer's shape for the last batch.
+    geos: Vec<Geo>,
+    /// The last input, channels-last `[b, h, w, c]`.
+    input: Vec<f32>,
+    /// Per layer, the post-activation output `[b, ho, wo, cout]`.
+    acts: Vec<Vec<f32>>,
+    /// The last pooled features `[b, features]`.
+    feat: Vec<f32>,
+    /// One scratch space per block.
+    scratch: Vec<Scratch>,
+}
+
+/// The buffers of one block of images.
+#[derive(Clone, Debug, Default)]
+struct Scratch {
+    cols: Vec<f32>,
+    cols16: Vec<u16>,
+    dcols: Vec<f32>,
+    /// bf16 mode: the current layer's input.
+    src16: Vec<u16>,
+    grad: Vec<f32>,
+    grad16: Vec<u16>,
+    next: Vec<f32>,
+}
+
+/// Bytes of column rows per piece: with a weight panel they stay in a core's L2 cache.
+const PIECE_BYTES: usize = 160 * 1024;
+
+/// Images per block: at least two blocks per compute thread where the batch allows, at most
+/// eight images (whose activations stay near the core).
+fn images_per_block(b: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    b.div_ceil(2 * threads).clamp(1, 8)
+}
+
+/// Column rows per piece for rows of `kp` values (a multiple of the micro-tile's rows).
+fn piece_rows(kp: usize) -> usize {
+    (PIECE_BYTES / (4 * kp)).max(gemm::MR) / gemm::MR * gemm::MR
+}
+
+/// `x` (`[n, plane, c]` or `[n, c, plane]` as `to_last`) transposed between channels-first and
+/// channels-last.
+fn transpose(src: &[f32], dst: &mut [f32], c: usize, plane: usize, to_last: bool) {
+    if c == 1 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    for (s, d) in src
+        .chunks_exact(c * plane)
+        .zip(dst.chunks_exact_mut(c * plane))
+    {
+        for ci in 0..c {
+            for p in 0..plane {
+                if to_last {
+                    d[p * c + ci] = s[ci * plane + p];
+                } else {
+                    d[ci * plane + p] = s[p * c + ci];
+                }
+            }
+        }
+    }
+}
+
+/// `g *= slope` where the activation `a` is negative (the LeakyReLU's backward: its output
+/// has the sign of its input).
+fn leaky_back(g: &mut [f32], a: &[f32]) {
+    let s = LEAKY_SLOPE as f32;
+    g.iter_mut()
+        .zip(a)
+        .for_each(|(g, &a)| *g = if a < 0.0 { *g * s } else { *g });
+}
+
+/// `out = bf16(g * (a < 0 ? slope : 1))`: [`leaky_back`] and the conversion in one pass.
+fn leaky_back_bf16(g: &[f32], a: &[f32], out: &mut [u16]) {
+    let mut tmp = [0.0f32; 1024];
+    for ((g, a), o) in g.chunks(1024).zip(a.chunks(1024)).zip(out.chunks_mut(1024)) {
+        let t = &mut tmp[..g.len()];
+        t.copy_from_slice(g);
+        leaky_back(t, a);
+        to_bf16(t, o);
+    }
+}
+
+/// What one block of images reads and writes in a pass.
+struct Block<'a> {
+    /// `[n, c, h, w]` (forward: the images; backward: where their gradient goes).
+    x: &'a mut [f32],
+    input: &'a mut [f32],
+    acts: Vec<&'a mut [f32]>,
+    feat: &'a mut [f32],
+    /// Forward: the logits; backward: the gradient in the pooled features.
+    head: &'a mut [f32],
+    sc: &'a mut Scratch,
+}
+
+impl CnnKernel {
+    /// The kernel of `model` in f32, or `None` for a model it does not cover (the
+    /// Wide-ResNet, a convolution that is not 3x3 with padding 1, or a CPU without AVX-512).
+    pub fn from_model(model: &Classifier) -> Option<Self> {
+        Self::with_precision(model, Precision::F32)
+    }
+
+    /// [`CnnKernel::from_model`] at `precision` (`None` also where the CPU lacks it).
+    pub fn with_precision(model: &Classifier, precision: Precision) -> Option<Self> {
+        if !precision.supported() {
+            return None;
+        }
+        let Classifier::Cnn(cnn) = model else {
+            return None;
+        };
+        let (convs, head) = cnn.parts();
+        let mut out = Vec::with_capacity(convs.len());
+        for c in convs {
+            let dims = c.weight.dims();
+            let padded = matches!(c.padding, burn::nn::PaddingConfig2d::Explicit(1, 1, 1, 1));
+            if c.kernel_size != [3, 3]
+                || c.stride[0] != c.stride[1]
+                || c.groups != 1
+                || c.dilation != [1, 1]
+                || !padded
+            {
+                return None;
+            }
+            let cout = dims[0];
+            let mut conv = Conv::new(
+                host(c.weight.val()),
+                c.bias.as_ref().map_or(vec![0.0; cout], |b| host(b.val())),
+                dims[1],
+                cout,
+                c.stride[0],
+            );
+            if precision != Precision::F32 {
+                conv.pack_bf16();
+            }
+            out.push(conv);
+        }
+        let [_, classes] = head.weight.dims();
+        Some(CnnKernel {
+            head_w: host(head.weight.val()),
+            head_b: head
+                .bias
+                .as_ref()
+                .map_or(vec![0.0; classes], |b| host(b.val())),
+            classes,
+            precision,
+            per: 1,
+            acts: vec![Vec::new(); out.len()],
+            convs: out,
+            geos: Vec::new(),
+            input: Vec::new(),
+            feat: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Outputs per image (classes, or 1 for a scalar energy).
+    pub fn outputs(&self) -> usize {
+        self.classes
+    }
+
+    /// The precision of the products.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The target's gradient with respect to `x` (`[b, c, h, w]` row-major) and its value per
+    /// image.
+    pub fn input_grad(
+        &mut self,
+        x: &[f32],
+        b: usize,
+        shape: [usize; 3],
+        target: HostTarget,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let logits = self.forward(x, b, shape);
+        let k = self.classes;
+        let mut value = vec![0.0f32; b];
+        let mut dlogits = vec![0.0f32; b * k];
+        for bi in 0..b {
+            let l = &logits[bi * k..(bi + 1) * k];
+            let d = &mut dlogits[bi * k..(bi + 1) * k];
+            match target {
+                HostTarget::Marginal => {
+                    let (lse, p) = softmax(l);
+                    value[bi] = lse;
+                    d.copy_from_slice(&p);
+                }
+                HostTarget::Joint(ys) => {
+                    value[bi] = l[ys[bi]];
+                    d[ys[bi]] = 1.0;
+                }
+            }
+        }
+        let (dx, _) = self.backward(b, shape, &dlogits, true, false);
+        (dx.expect("input gradient requested"), value)
+    }
+
+    /// Split the batch's buffers into blocks: `x` and `head` (`head_len` values per image)
+    /// are the pass's own.
+    fn blocks<'a>(
+        &'a mut self,
+        b: usize,
+        x: &'a mut [f32],
+        head: &'a mut [f32],
+        head_len: usize,
+    ) -> (Vec<Block<'a>>, &'a [Conv], &'a [Geo]) {
+        let per = self.per;
+        let blocks = b.div_ceil(per);
+        if self.scratch.len() < blocks {
+            self.scratch.resize(blocks, Scratch::default());
+        }
+        let img = x.len() / b;
+        let feats = self.feat.len() / b;
+        let mut xs = x.chunks_mut(per * img);
+        let mut inputs = self.input.chunks_mut(per * img);
+        let mut heads = head.chunks_mut(per * head_len);
+        let mut feat = self.feat.chunks_mut(per * feats);
+        let mut acts: Vec<_> = self
+            .acts
+            .iter_mut()
+            .map(|a| {
+                let len = a.len() / b;
+                a.chunks_mut(per * len)
+            })
+            .collect();
+        let out = self.scratch[..blocks]
+            .iter_mut()
+            .map(|sc| Block {
+                x: xs.next().expect("a block of images"),
+                input: inputs.next().expect("a block of images"),
+                acts: acts
+                    .iter_mut()
+                    .map(|a| a.next().expect("a block of images"))
+                    .collect(),
+                feat: feat.next().expect("a block of images"),
+                head: heads.next().expect("a block of images"),
+                sc,
+            })
+            .collect();
+        (out, &self.convs, &self.geos)
+    }
+
+    /// Logits `[b, classes]` of `x` (`[b, c, h, w]`); keeps what [`CnnKernel::backward`]
+    /// needs.
+    pub fn forward(&mut self, x: &[f32], b: usize, [c, h, w]: [usize; 3]) -> Vec<f32> {
+        assert_eq!(x.len(), b * c * h * w, "input of the wrong size");
+        assert_eq!(c, self.convs[0].cin, "input channels");
+        self.per = images_per_block(b);
+        self.geos.clear();
+        let (mut hh, mut ww) = (h, w);
+        for (conv, act) in self.convs.iter().zip(&mut self.acts) {
+            let s = conv.stride;
+            let g = Geo {
+                cin: conv.cin,
+                h: hh,
+                w: ww,
+                ho: out_size(hh, s),
+                wo: out_size(ww, s),
+                s,
+            };
+            act.resize(b * g.hw_out() * conv.cout, 0.0);
+            self.geos.push(g);
+            (hh, ww) = (g.ho, g.wo);
+        }
+        self.input.resize(x.len(), 0.0);
+        let feats = self.convs.last().expect("a CNN has a convolution").cout;
+        self.feat.resize(b * feats, 0.0);
+        let k = self.classes;
+        let mut logits = vec![0.0f32; b * k];
+        let mut x = x.to_vec();
+        let (precision, head_w, head_b) =
+            (self.precision, self.head_w.clone(), self.head_b.clone());
+        let (blocks, convs, geos) = self.blocks(b, &mut x, &mut logits, k);
+        blocks.into_par_iter().for_each(|mut blk| {
+            forward_block(convs, geos, precision, &mut blk, [c, h, w]);
+            // Head: global average pool, then the linear layer.
+            let top = blk.acts.last().expect("activations");
+            let hw = top.len() / blk.feat.len();
+            for (f, act) in blk
+                .feat
+                .chunks_exact_mut(feats)
+                .zip(top.chunks_exact(hw * feats))
+            {
+                f.fill(0.0);
+                for row in act.chunks_exact(feats) {
+                    f.iter_mut().zip(row).for_each(|(f, v)| *f += v);
+                }
+                f.iter_mut().for_each(|f| *f /= hw as f32);
+            }
+            for (l, f) in blk
+                .head
+                .chunks_exact_mut(k)
+                .zip(blk.feat.chunks_exact(feats))
+            {
+                l.copy_from_slice(&head_b);
+                for (ci, &fv) in f.iter().enumerate() {
+                    l.iter_mut()
+                        .zip(&head_w[ci * k..(ci + 1) * k])
+                        .for_each(|(v, w)| *v += fv * w);
+                }
+            }
+        });
+        logits
+    }
+
+    /// Back from `dlogits` (`[b, classes]`, the gradient of a scalar in the logits of the
+    /// last [`CnnKernel::forward`]): the input gradient (`[b, c, h, w]`) if `input`, the
+    /// weight gradients if `weights` (always in f32).
+    pub fn backward(
+        &mut self,
+        b: usize,
+        [c, h, w]: [usize; 3],
+        dlogits: &[f32],
+        input: bool,
+        weights: bool,
+    ) -> (Option<Vec<f32>>, Option<WeightGrads>) {
+        let k = self.classes;
+        assert_eq!(dlogits.len(), b * k, "one gradient row per image");
+        assert_eq!(
+            self.input.len(),
+            b * c * h * w,
+            "backward of the last forward"
+        );
+        let feats = self.convs.last().expect("a CNN has a convolution").cout;
+        let mut dfeat = vec![0.0f32; b * feats];
+        for (df, d) in dfeat.chunks_exact_mut(feats).zip(dlogits.chunks_exact(k)) {
+            for (ci, v) in df.iter_mut().enumerate() {
+                *v = d
+                    .iter()
+                    .zip(&self.head_w[ci * k..(ci + 1) * k])
+                    .map(|(a, w)| a * w)
+                    .sum();
+            }
+        }
+        let mut grads = weights.then(|| {
+            let mut hw_grad = vec![0.0f32; feats * k];
+            let mut hb_grad = vec![0.0f32; k];
+            for (d, f) in dlogits.chunks_exact(k).zip(self.feat.chunks_exact(feats)) {
+                hb_grad.iter_mut().zip(d).for_each(|(h, v)| *h += v);
+                for (ci, &fv) in f.iter().enumerate() {
+                    hw_grad[ci * k..(ci + 1) * k]
+                        .iter_mut()
+                        .zip(d)
+                        .for_each(|(h, v)| *h += fv * v);
+                }
+            }
+            WeightGrads {
+                convs: Vec::new(),
+                head_w: hw_grad,
+                head_b: hb_grad,
+            }
+        });
+        let mut dx = vec![0.0f32; b * c * h * w];
+        let precision = self.precision;
+        let (blocks, convs, geos) = self.blocks(b, &mut dx, &mut dfeat, feats);
+        let partial: Vec<Vec<(Vec<f32>, Vec<f32>)>> = blocks
+            .into_par_iter()
+            .map(|mut blk| {
+                backward_block(convs, geos, precision, &mut blk, [c, h, w], input, weights)
+            })
+            .collect();
+        if let Some(g) = grads.as_mut() {
+            let mut sums: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+            for p in partial {
+                if sums.is_empty() {
+                    sums = p;
+                    continue;
+                }
+                for ((dw, db), (pw, pb)) in sums.iter_mut().zip(p) {
+                    dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+                    db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+                }
+            }
+            // Per layer, `[cout, kp]` over column-row indices back to burn's `[cout, cin, 3, 3]`.
+            g.convs = sums
+                .into_iter()
+                .zip(&self.convs)
+                .map(|((sum, db), conv)| {
+                    let (cin, kp) = (conv.cin, (9 * conv.cin).next_multiple_of(2));
+                    let mut dw = vec![0.0f32; conv.cout * cin * 9];
+                    for co in 0..conv.cout {
+                        for tap in 0..9 {
+                            for ci in 0..cin {
+                                dw[(co * cin + ci) * 9 + tap] = sum[co * kp + tap * cin + ci];
+                            }
+                        }
+                    }
+                    (dw, db)
+                })
+                .collect();
+        }
+        (input.then_some(dx), grads)
+    }
+}
+
+/// The convolutions of one block, from `blk.x` to its activations.
+fn forward_block(
+    convs: &[Conv],
+    geos: &[Geo],
+    precision: Precision,
+    blk: &mut Block,
+    [c, h, w]: [usize; 3],
+) {
+    transpose(blk.x, blk.input, c, h * w, true);
+    let bf16 = precision == Precision::Bf16;
+    let sc = &mut *blk.sc;
+    if bf16 {
+        sc.src16.resize(blk.input.len(), 0);
+        to_bf16(blk.input, &mut sc.src16);
+    }
+    for (l, (conv, g)) in convs.iter().zip(geos).enumerate() {
+        let (lo, hi) = blk.acts.split_at_mut(l);
+        let out = &mut *hi[0];
+        let src: &[f32] = if l == 0 { blk.input } else { lo[l - 1] };
+        let (kp, cout) = (g.kp(), conv.cout);
+        let rows = out.len() / cout;
+        let piece = piece_rows(kp);
+        let epi = Epilogue::BiasLeaky(&conv.b, LEAKY_SLOPE as f32);
+        for p0 in (0..rows).step_by(piece) {
+            let n = piece.min(rows - p0);
+            if bf16 {
+                sc.cols16.resize(n * kp, 0);
+                im2col(&sc.src16, g, p0..p0 + n, &mut sc.cols16);
+            } else {
+                sc.cols.resize(n * kp, 0.0);
+                im2col(src, g, p0..p0 + n, &mut sc.cols);
+            }
+            let dst = &mut out[p0 * cout..(p0 + n) * cout];
+            product(
+                n,
+                &sc.cols,
+                &sc.cols16,
+                kp,
+                &conv.fwd,
+                conv.fwd16.as_ref().filter(|_| bf16),
+                dst,
+                cout,
+                epi,
+            );
+        }
+        if bf16 && l + 1 < convs.len() {
+            sc.src16.resize(out.len(), 0);
+            to_bf16(out, &mut sc.src16);
+        }
+    }
+}
+
+/// The backward pass of one block from the gradient in its pooled features (`blk.head`): the
+/// input gradient into `blk.x` if `input`, and per layer the block's share of `dW` (`[cout,
+/// kp]`) and `db` if `weights`.
+fn backward_block(
+    convs: &[Conv],
+    geos: &[Geo],
+    precision: Precision,
+    blk: &mut Block,
+    [c, h, w]: [usize; 3],
+    input: bool,
+    weights: bool,
+) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let bf16 = precision != Precision::F32;
+    let sc = &mut *blk.sc;
+    let last = convs.len() - 1;
+    let feats = convs[last].cout;
+    // The top layer's output gradient is the pooled gradient spread over its positions.
+    let top = &blk.acts[last];
+    let hw = geos[last].hw_out();
+    sc.grad.resize(top.len(), 0.0);
+    for (g, d) in sc
+        .grad
+        .chunks_exact_mut(hw * feats)
+        .zip(blk.head.chunks_exact(feats))
+    {
+        for row in g.chunks_exact_mut(feats) {
+            row.iter_mut().zip(d).for_each(|(r, d)| *r = d / hw as f32);
+        }
+    }
+    leaky_back(&mut sc.grad, top);
+    // bf16 chains: whether `sc.grad16` already holds the current output gradient.
+    let mut grad16_ready = false;
+    let mut out = Vec::new();
+    for l in (0..convs.len()).rev() {
+        let (conv, g) = (&convs[l], &geos[l]);
+        let (kp, cout) = (g.kp(), conv.cout);
+        let rows = sc.grad.len() / cout;
+        let piece = piece_rows(kp);
+        let src: &[f32] = if l == 0 { blk.input } else { blk.acts[l - 1] };
+        if weights {
+            let mut dw = vec![0.0f32; cout * kp];
+            for p0 in (0..rows).step_by(piece) {
+                let n = piece.min(rows - p0);
+                sc.cols.resize(n * kp, 0.0);
+                im2col(src, g, p0..p0 + n, &mut sc.cols);
+                // SAFETY: `dw` is `cout x kp`; the gradient rows `p0..p0 + n` (`cout` values
+                // each) are read transposed, the column rows are `n x kp`.
+                unsafe {
+                    matmul(
+                        (cout, kp, n),
+                        dw.as_mut_ptr(),
+                        kp,
+                        p0 > 0,
+                        sc.grad[p0 * cout..].as_ptr(),
+                        (1, cout),
+                        sc.cols.as_ptr(),
+                        (kp, 1),
+                    );
+                }
+            }
+            let mut db = vec![0.0f32; cout];
+            for row in sc.grad.chunks_exact(cout) {
+                db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+            }
+            out.push((dw, db));
+        }
+        if l == 0 && !input {
+            break;
+        }
+        // The product's `A` is the output gradient, `cout` values a row (bf16: an even
+        // number of them).
+        let a_rs = if bf16 { cout.next_multiple_of(2) } else { cout };
+        if bf16 && !grad16_ready {
+            sc.grad16.clear();
+            sc.grad16.resize(rows * a_rs, 0);
+            if a_rs == cout {
+                to_bf16(&sc.grad, &mut sc.grad16);
+            } else {
+                for (d, s) in sc
+                    .grad16
+                    .chunks_exact_mut(a_rs)
+                    .zip(sc.grad.chunks_exact(cout))
+                {
+                    to_bf16(s, &mut d[..cout]);
+                }
+            }
+        }
+        // Column-row gradients = dz W, added back onto the input positions.
+        sc.next.clear();
+        sc.next.resize(src.len(), 0.0);
+        for p0 in (0..rows).step_by(piece) {
+            let n = piece.min(rows - p0);
+            sc.dcols.resize(n * kp, 0.0);
+            let (a32, a16): (&[f32], &[u16]) = if bf16 {
+                (&[], &sc.grad16[p0 * a_rs..(p0 + n) * a_rs])
+            } else {
+                (&sc.grad[p0 * cout..(p0 + n) * cout], &[])
+            };
+            product(
+                n,
+                a32,
+                a16,
+                a_rs,
+                &conv.bwd,
+                conv.bwd16.as_ref(),
+                &mut sc.dcols,
+                kp,
+                Epilogue::Store,
+            );
+            col2im_add(&sc.dcols, g, p0..p0 + n, &mut sc.next, 0);
+        }
+        // Through the LeakyReLU of the layer below; for bf16 chains straight into the next
+        // product's bf16 input when nothing else needs the f32 gradient.
+        grad16_ready = l > 0 && bf16 && !weights && g.cin % 2 == 0;
+        if grad16_ready {
+            sc.grad16.resize(sc.next.len(), 0);
+            leaky_back_bf16(&sc.next, src, &mut sc.grad16);
+        } else if l > 0 {
+            leaky_back(&mut sc.next, src);
+        }
+        std::mem::swap(&mut sc.grad, &mut sc.next);
+    }
+    if input {
+        transpose(&sc.grad, blk.x, c, h * w, false);
+    }
+    out.reverse();
+    out
+}
