@@ -38,6 +38,16 @@ fn main() {
         times.push(t.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(g);
     }
+    let mut rng = Rng::new(1, 2);
+    let mut noise = vec![0.0f32; x.len()];
+    let t = std::time::Instant::now();
+    for _ in 0..20 {
+        rng.fill_normal(&mut noise, 0.01);
+    }
+    println!(
+        "noise for one step: {:.3} ms",
+        t.elapsed().as_secs_f64() * 1e3 / 20.0
+    );
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
     println!(

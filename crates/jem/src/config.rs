@@ -301,4 +301,25 @@ mod tests {
         assert_eq!(c, back);
         c.validate().unwrap();
     }
+
+    /// bf16 chains: saved and read back in the config, refused for a model the kernel does
+    /// not run (naming the field).
+    #[test]
+    fn sgld_precision_round_trips_and_is_validated() {
+        let mut c = TrainConfig::default();
+        c.sgld.precision = crate::cnn_cpu::Precision::MixedBf16;
+        let text = c.to_toml();
+        assert!(text.contains("precision = \"mixed-bf16\""), "{text}");
+        assert_eq!(TrainConfig::from_toml(&text).unwrap(), c);
+        c.model = crate::model::ModelConfig::Wrn {
+            depth: 10,
+            widen: 1,
+            dropout: 0.0,
+            norm: Default::default(),
+        };
+        if crate::cnn_cpu::Precision::MixedBf16.supported() {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("sgld.precision"), "{e}");
+        }
+    }
 }

@@ -6,7 +6,7 @@
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::cols::{Geo, col2im_add, im2col};
+use super::cols::{Geo, col2im_add, im2col, read_end};
 use super::gemm::{self, Epilogue, PackedBf16, PackedF32, to_bf16};
 use super::{HostTarget, Precision, WeightGrads, softmax};
 use crate::model::{Classifier, LEAKY_SLOPE};
@@ -704,9 +704,10 @@ fn backward_block(
                 }
             }
         }
-        // Column-row gradients = dz W, added back onto the input positions.
-        sc.next.clear();
+        // Column-row gradients = dz W, added back onto the input positions; the input
+        // gradient is zeroed piece by piece just ahead of the first additions into it.
         sc.next.resize(src.len(), 0.0);
+        let mut zeroed = 0;
         for p0 in (0..rows).step_by(piece) {
             let n = piece.min(rows - p0);
             sc.dcols.resize(n * kp, 0.0);
@@ -726,8 +727,13 @@ fn backward_block(
                 kp,
                 Epilogue::Store,
             );
+            let end = read_end(g, p0..p0 + n).max(zeroed);
+            sc.next[zeroed..end].fill(0.0);
+            zeroed = end;
             col2im_add(&sc.dcols, g, p0..p0 + n, &mut sc.next, 0);
         }
+        sc.next.truncate(src.len());
+        sc.next[zeroed..].fill(0.0);
         // Through the LeakyReLU of the layer below; for bf16 chains straight into the next
         // product's bf16 input when nothing else needs the f32 gradient.
         grad16_ready = l > 0 && bf16 && !weights && g.cin % 2 == 0;
