@@ -3,7 +3,6 @@
 //! Its whole state is four `u64` words, saved with every checkpoint, so that a resumed run
 //! draws exactly the numbers the uninterrupted run would have drawn.
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// A small, fast, serialisable pseudo-random generator (xoshiro256++).
@@ -79,35 +78,24 @@ impl Rng {
 
     /// Fill `out` with independent `N(0, std^2)` deviates.
     pub fn fill_normal(&mut self, out: &mut [f32], std: f32) {
-        // The generator is sequential, the transforms are not: draw the raw words in order,
-        // then transform large fills in parallel (the same values as one pair at a time).
-        const PAR: usize = 1 << 13;
-        if out.len() < PAR {
-            let mut chunks = out.chunks_exact_mut(2);
-            for pair in &mut chunks {
-                let (a, b) = box_muller(self.next_u64(), self.next_u64());
-                pair[0] = a * std;
-                pair[1] = b * std;
+        // The generator is sequential; the transform of a block of its words is branch-free
+        // arithmetic that vectorises.
+        const BLOCK: usize = 256;
+        let (mut u1, mut u2) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+        let (mut z1, mut z2) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+        for chunk in out.chunks_mut(2 * BLOCK) {
+            let pairs = chunk.len().div_ceil(2);
+            for (a, b) in u1[..pairs].iter_mut().zip(&mut u2[..pairs]) {
+                *a = unit_open(self.next_u64());
+                *b = unit(self.next_u64());
             }
-            if let [last] = chunks.into_remainder() {
-                *last = box_muller(self.next_u64(), self.next_u64()).0 * std;
+            for k in 0..pairs {
+                (z1[k], z2[k]) = box_muller(u1[k], u2[k]);
             }
-            return;
+            for (k, v) in chunk.iter_mut().enumerate() {
+                *v = if k % 2 == 0 { z1[k / 2] } else { z2[k / 2] } * std;
+            }
         }
-        let words: Vec<u64> = (0..2 * out.len().div_ceil(2))
-            .map(|_| self.next_u64())
-            .collect();
-        out.par_chunks_mut(PAR)
-            .zip(words.par_chunks(PAR))
-            .for_each(|(out, words)| {
-                for (pair, w) in out.chunks_mut(2).zip(words.chunks_exact(2)) {
-                    let (a, b) = box_muller(w[0], w[1]);
-                    pair[0] = a * std;
-                    if let Some(v) = pair.get_mut(1) {
-                        *v = b * std;
-                    }
-                }
-            });
     }
 
     /// Fill `out` with uniform deviates in `[lo, hi)`.
@@ -128,14 +116,58 @@ impl Rng {
     }
 }
 
-/// Two standard normal deviates from two raw words (Box-Muller).
-fn box_muller(w1: u64, w2: u64) -> (f32, f32) {
-    // u1 in (0, 1] so that ln(u1) is finite.
-    let u1 = ((w1 >> 11) as f64 + 1.0) * (1.0 / (1u64 << 53) as f64);
-    let u2 = (w2 >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-    let r = (-2.0 * u1.ln()).sqrt();
-    let theta = std::f64::consts::TAU * u2;
-    ((r * theta.cos()) as f32, (r * theta.sin()) as f32)
+/// A word's top 24 bits as a uniform in `(0, 1]`.
+#[inline(always)]
+fn unit_open(w: u64) -> f32 {
+    ((w >> 40) as f32 + 1.0) * (1.0 / (1u32 << 24) as f32)
+}
+
+/// A word's top 24 bits as a uniform in `[0, 1)`.
+#[inline(always)]
+fn unit(w: u64) -> f32 {
+    (w >> 40) as f32 * (1.0 / (1u32 << 24) as f32)
+}
+
+/// Two standard normal deviates from uniforms `u1` in `(0, 1]` and `u2` in `[0, 1)`
+/// (Box-Muller), in f32 with polynomial `ln`, `sin` and `cos` (no library calls, so blocks
+/// vectorise): within about 1e-6 of the exact transform. `u1` has 24 bits, so `|z|` stays
+/// below 5.8.
+#[inline(always)]
+fn box_muller(u1: f32, u2: f32) -> (f32, f32) {
+    const LN2: f32 = std::f32::consts::LN_2;
+    // ln u1 = e ln 2 + ln m, m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh((m - 1) / (m + 1)).
+    let bits = u1.to_bits();
+    let mut e = ((bits >> 23) & 0xff) as i32 - 127;
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    let big = m > std::f32::consts::SQRT_2;
+    m = if big { m * 0.5 } else { m };
+    e += big as i32;
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let series = 1.0 + t2 * (1.0 / 3.0 + t2 * (1.0 / 5.0 + t2 * (1.0 / 7.0 + t2 * (1.0 / 9.0))));
+    let ln = e as f32 * LN2 + 2.0 * t * series;
+    let r = (-2.0 * ln).max(0.0).sqrt();
+    // theta = 2 pi u2 = q pi/2 + z with |z| <= pi/4.
+    let quarter = u2 * 4.0;
+    let q = (quarter + 0.5).floor();
+    let z = (quarter - q) * std::f32::consts::FRAC_PI_2;
+    let z2 = z * z;
+    let sin = z
+        * (1.0
+            + z2 * (-1.0 / 6.0
+                + z2 * (1.0 / 120.0 + z2 * (-1.0 / 5040.0 + z2 * (1.0 / 362_880.0)))));
+    let cos = 1.0 + z2 * (-0.5 + z2 * (1.0 / 24.0 + z2 * (-1.0 / 720.0 + z2 * (1.0 / 40_320.0))));
+    // Rotate by q quarter turns (q in 0..=4; 4 is a full turn).
+    let quadrant = (q as i32) & 3;
+    let swap = quadrant & 1 == 1;
+    let (s, c) = if swap { (cos, sin) } else { (sin, cos) };
+    let s = if quadrant >= 2 { -s } else { s };
+    let c = if quadrant == 1 || quadrant == 2 {
+        -c
+    } else {
+        c
+    };
+    (r * c, r * s)
 }
 
 #[cfg(test)]
@@ -198,5 +230,35 @@ mod tests {
             assert_eq!(big, small);
             assert_eq!(a.next_u64(), b.next_u64());
         }
+    }
+
+    /// The fast transform agrees with the exact f64 Box-Muller of the same words to 2e-6, and
+    /// a million deviates have the normal's moments and tails.
+    #[test]
+    fn the_normal_transform_is_accurate() {
+        let mut r = Rng::new(11, 0);
+        let mut worst = 0.0f64;
+        for _ in 0..200_000 {
+            let (w1, w2) = (r.next_u64(), r.next_u64());
+            let u1 = ((w1 >> 40) as f64 + 1.0) / (1u64 << 24) as f64;
+            let u2 = (w2 >> 40) as f64 / (1u64 << 24) as f64;
+            let rad = (-2.0 * u1.ln()).sqrt();
+            let th = std::f64::consts::TAU * u2;
+            let (a, b) = box_muller(unit_open(w1), unit(w2));
+            worst = worst
+                .max((a as f64 - rad * th.cos()).abs())
+                .max((b as f64 - rad * th.sin()).abs());
+        }
+        assert!(worst < 2e-6, "largest deviation {worst}");
+        let mut v = vec![0.0f32; 1_000_000];
+        r.fill_normal(&mut v, 1.0);
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        let tails = v.iter().filter(|x| x.abs() > 3.0).count() as f64 / n;
+        assert!(mean.abs() < 5e-3, "mean {mean}");
+        assert!((var - 1.0).abs() < 5e-3, "variance {var}");
+        // P(|z| > 3) = 0.0027; a 1e6-sample estimate has sd 5.2e-5.
+        assert!((tails - 0.0027).abs() < 3e-4, "tail fraction {tails}");
     }
 }

@@ -19,7 +19,7 @@ pub const NR: usize = 32;
 pub struct Isa {
     /// AVX-512F: the f32 kernels.
     pub avx512: bool,
-    /// AVX512-BF16: the bf16 kernels.
+    /// AVX512-BF16 (with AVX512-BW for 16-bit stores): the bf16 kernels.
     pub bf16: bool,
 }
 
@@ -31,7 +31,9 @@ impl Isa {
             let avx512 = std::arch::is_x86_feature_detected!("avx512f");
             Isa {
                 avx512,
-                bf16: avx512 && std::arch::is_x86_feature_detected!("avx512bf16"),
+                bf16: avx512
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512bf16"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -62,12 +64,13 @@ pub struct PackedBf16 {
 }
 
 /// Round to the nearest bf16, ties to even (NaN stays NaN).
+#[inline]
 pub fn bf16(v: f32) -> u16 {
+    // Branch-free, so that loops of conversions vectorise.
     let bits = v.to_bits();
-    if v.is_nan() {
-        return ((bits >> 16) | 0x40) as u16;
-    }
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = ((bits >> 16) | 0x40) as u16;
+    if v.is_nan() { quiet_nan } else { rounded }
 }
 
 /// The f32 value of a bf16.
@@ -350,6 +353,72 @@ pub unsafe fn gemm_bf16(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn store_tile16<const R: usize>(
+    acc: &[[__m512; 2]; R],
+    c: *mut u16,
+    c_rs: usize,
+    j0: usize,
+    n: usize,
+    bias: &[f32],
+    slope: f32,
+) {
+    let (m0, m1) = masks(j0, n);
+    let m = (m0 as u32) | ((m1 as u32) << 16);
+    unsafe {
+        let b0 = _mm512_maskz_loadu_ps(m0, bias.as_ptr().add(j0));
+        let b1 = _mm512_maskz_loadu_ps(m1, bias.as_ptr().add(j0 + 16));
+        let sv = _mm512_set1_ps(slope);
+        for (r, a) in acc.iter().enumerate() {
+            let v0 = _mm512_add_ps(a[0], b0);
+            let v1 = _mm512_add_ps(a[1], b1);
+            let v0 = _mm512_max_ps(v0, _mm512_mul_ps(v0, sv));
+            let v1 = _mm512_max_ps(v1, _mm512_mul_ps(v1, sv));
+            let h = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(v1, v0));
+            _mm512_mask_storeu_epi16(c.add(r * c_rs + j0) as *mut i16, m, h);
+        }
+    }
+}
+
+/// [`gemm_bf16`] with the bias + LeakyReLU store into bf16 (`c`: `m` rows of `n` bf16 at
+/// stride `c_rs`): the activations of the next layer's bf16 products, with no f32 copy.
+///
+/// # Safety
+/// As [`gemm_bf16`]; `bias` holds `n` values.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn gemm_bf16_to_bf16(
+    m: usize,
+    a: *const u32,
+    a_rs: usize,
+    b: &PackedBf16,
+    c: *mut u16,
+    c_rs: usize,
+    bias: &[f32],
+    slope: f32,
+) {
+    let (pairs, n) = (b.pairs, b.n);
+    let mut i = 0;
+    while i < m {
+        let rows = (m - i).min(MR);
+        for p in 0..n.div_ceil(NR) {
+            let panel = b.data[p * pairs * NR..].as_ptr();
+            unsafe {
+                let a = a.add(i * a_rs);
+                let c = c.add(i * c_rs);
+                rows_dispatch!(rows, R => {
+                    let acc = tile_bf16::<R>(a, a_rs, panel, pairs);
+                    store_tile16::<R>(&acc, c, c_rs, p * NR, n, bias, slope);
+                });
+            }
+        }
+        i += rows;
+    }
+}
+
 /// `dst[i] = bf16(src[i])`.
 pub fn to_bf16(src: &[f32], dst: &mut [u16]) {
     assert_eq!(src.len(), dst.len(), "bf16 conversion of unequal lengths");
@@ -481,6 +550,29 @@ mod tests {
                         (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
                         "bf16 {m}x{k}x{n}: {x} vs {y}"
                     );
+                }
+                if leaky {
+                    // The bf16 store is the f32 store rounded, column tails untouched.
+                    let mut c16 = vec![0xffffu16; m * (n + 1)];
+                    // SAFETY: as above; `c16` holds `m` rows of `n + 1` at stride `n + 1`.
+                    unsafe {
+                        gemm_bf16_to_bf16(
+                            m,
+                            a16.as_ptr() as *const u32,
+                            kp / 2,
+                            &packed,
+                            c16.as_mut_ptr(),
+                            n + 1,
+                            &bias,
+                            0.2,
+                        )
+                    };
+                    for i in 0..m {
+                        for j in 0..n {
+                            assert_eq!(c16[i * (n + 1) + j], bf16(c[i * n + j]), "{m}x{k}x{n}");
+                        }
+                        assert_eq!(c16[i * (n + 1) + n], 0xffff, "wrote past the row");
+                    }
                 }
             }
         }

@@ -176,6 +176,8 @@ pub struct CnnKernel {
     input: Vec<f32>,
     /// Per layer, the post-activation output `[b, ho, wo, cout]`.
     acts: Vec<Vec<f32>>,
+    /// bf16 chains: the outputs of all but the top layer, in bf16 only (`acts` holds the top).
+    acts16: Vec<Vec<u16>>,
     /// The last pooled features `[b, features]`.
     feat: Vec<f32>,
     /// One scratch space per block.
@@ -233,23 +235,70 @@ fn transpose(src: &[f32], dst: &mut [f32], c: usize, plane: usize, to_last: bool
     }
 }
 
+/// An activation value whose sign the LeakyReLU's backward reads (f32, or bf16 bits).
+trait Negative: Copy {
+    fn negative(self) -> bool;
+}
+
+impl Negative for f32 {
+    #[inline(always)]
+    fn negative(self) -> bool {
+        self < 0.0
+    }
+}
+
+impl Negative for u16 {
+    #[inline(always)]
+    fn negative(self) -> bool {
+        self & 0x8000 != 0 && self & 0x7fff != 0
+    }
+}
+
 /// `g *= slope` where the activation `a` is negative (the LeakyReLU's backward: its output
 /// has the sign of its input).
-fn leaky_back(g: &mut [f32], a: &[f32]) {
+fn leaky_back<A: Negative>(g: &mut [f32], a: &[A]) {
     let s = LEAKY_SLOPE as f32;
     g.iter_mut()
         .zip(a)
-        .for_each(|(g, &a)| *g = if a < 0.0 { *g * s } else { *g });
+        .for_each(|(g, &a)| *g = if a.negative() { *g * s } else { *g });
 }
 
 /// `out = bf16(g * (a < 0 ? slope : 1))`: [`leaky_back`] and the conversion in one pass.
-fn leaky_back_bf16(g: &[f32], a: &[f32], out: &mut [u16]) {
-    let mut tmp = [0.0f32; 1024];
-    for ((g, a), o) in g.chunks(1024).zip(a.chunks(1024)).zip(out.chunks_mut(1024)) {
-        let t = &mut tmp[..g.len()];
-        t.copy_from_slice(g);
-        leaky_back(t, a);
-        to_bf16(t, o);
+fn leaky_back_bf16<A: Negative>(g: &[f32], a: &[A], out: &mut [u16]) {
+    let slope = LEAKY_SLOPE as f32;
+    for ((o, &g), &a) in out.iter_mut().zip(g).zip(a) {
+        let v = if a.negative() { g * slope } else { g };
+        *o = gemm::bf16(v);
+    }
+}
+
+/// Each layer's buffer (`b` images) cut into `blocks` pieces of `per` images (empty pieces
+/// for an unused buffer).
+fn split<T>(
+    bufs: &mut [Vec<T>],
+    b: usize,
+    per: usize,
+    blocks: usize,
+) -> Vec<std::vec::IntoIter<&mut [T]>> {
+    bufs.iter_mut()
+        .map(|a| {
+            if a.is_empty() {
+                (0..blocks)
+                    .map(|_| <&mut [T]>::default())
+                    .collect::<Vec<_>>()
+            } else {
+                let len = a.len() / b;
+                a.chunks_mut(per * len).collect()
+            }
+            .into_iter()
+        })
+        .collect()
+}
+
+/// Grow `v` to at least `n` values (never shrinks it).
+fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
     }
 }
 
@@ -259,6 +308,7 @@ struct Block<'a> {
     x: &'a mut [f32],
     input: &'a mut [f32],
     acts: Vec<&'a mut [f32]>,
+    acts16: Vec<&'a mut [u16]>,
     feat: &'a mut [f32],
     /// Forward: the logits; backward: the gradient in the pooled features.
     head: &'a mut [f32],
@@ -317,6 +367,7 @@ impl CnnKernel {
             precision,
             per: 1,
             acts: vec![Vec::new(); out.len()],
+            acts16: vec![Vec::new(); out.len()],
             convs: out,
             geos: Vec::new(),
             input: Vec::new(),
@@ -387,14 +438,8 @@ impl CnnKernel {
         let mut inputs = self.input.chunks_mut(per * img);
         let mut heads = head.chunks_mut(per * head_len);
         let mut feat = self.feat.chunks_mut(per * feats);
-        let mut acts: Vec<_> = self
-            .acts
-            .iter_mut()
-            .map(|a| {
-                let len = a.len() / b;
-                a.chunks_mut(per * len)
-            })
-            .collect();
+        let mut acts = split(&mut self.acts, b, per, blocks);
+        let mut acts16 = split(&mut self.acts16, b, per, blocks);
         let out = self.scratch[..blocks]
             .iter_mut()
             .map(|sc| Block {
@@ -402,7 +447,11 @@ impl CnnKernel {
                 input: inputs.next().expect("a block of images"),
                 acts: acts
                     .iter_mut()
-                    .map(|a| a.next().expect("a block of images"))
+                    .map(|a| a.next().expect("a block"))
+                    .collect(),
+                acts16: acts16
+                    .iter_mut()
+                    .map(|a| a.next().expect("a block"))
                     .collect(),
                 feat: feat.next().expect("a block of images"),
                 head: heads.next().expect("a block of images"),
@@ -420,7 +469,15 @@ impl CnnKernel {
         self.per = images_per_block(b);
         self.geos.clear();
         let (mut hh, mut ww) = (h, w);
-        for (conv, act) in self.convs.iter().zip(&mut self.acts) {
+        let layers = self.convs.len();
+        let bf16 = self.precision == Precision::Bf16;
+        for (l, ((conv, act), act16)) in self
+            .convs
+            .iter()
+            .zip(&mut self.acts)
+            .zip(&mut self.acts16)
+            .enumerate()
+        {
             let s = conv.stride;
             let g = Geo {
                 cin: conv.cin,
@@ -430,7 +487,14 @@ impl CnnKernel {
                 wo: out_size(ww, s),
                 s,
             };
-            act.resize(b * g.hw_out() * conv.cout, 0.0);
+            let len = b * g.hw_out() * conv.cout;
+            if bf16 && l + 1 < layers {
+                act.clear();
+                act16.resize(len, 0);
+            } else {
+                act.resize(len, 0.0);
+                act16.clear();
+            }
             self.geos.push(g);
             (hh, ww) = (g.ho, g.wo);
         }
@@ -478,6 +542,10 @@ impl CnnKernel {
     /// Back from `dlogits` (`[b, classes]`, the gradient of a scalar in the logits of the
     /// last [`CnnKernel::forward`]): the input gradient (`[b, c, h, w]`) if `input`, the
     /// weight gradients if `weights` (always in f32).
+    ///
+    /// # Panics
+    /// If `weights` on a [`Precision::Bf16`] kernel (whose lower activations exist in bf16
+    /// only; training steps use f32 kernels).
     pub fn backward(
         &mut self,
         b: usize,
@@ -574,45 +642,66 @@ fn forward_block(
     [c, h, w]: [usize; 3],
 ) {
     transpose(blk.x, blk.input, c, h * w, true);
+    let images = blk.input.len() / (c * h * w);
+    // bf16 chains: every layer but the top stores its output in bf16 only, straight from the
+    // product's store, and the next layer's column rows are built from it.
     let bf16 = precision == Precision::Bf16;
     let sc = &mut *blk.sc;
     if bf16 {
         sc.src16.resize(blk.input.len(), 0);
         to_bf16(blk.input, &mut sc.src16);
     }
+    let top = convs.len() - 1;
     for (l, (conv, g)) in convs.iter().zip(geos).enumerate() {
-        let (lo, hi) = blk.acts.split_at_mut(l);
-        let out = &mut *hi[0];
-        let src: &[f32] = if l == 0 { blk.input } else { lo[l - 1] };
         let (kp, cout) = (g.kp(), conv.cout);
-        let rows = out.len() / cout;
+        let rows = images * g.hw_out();
         let piece = piece_rows(kp);
-        let epi = Epilogue::BiasLeaky(&conv.b, LEAKY_SLOPE as f32);
+        let (lo16, hi16) = blk.acts16.split_at_mut(l);
+        let (lo, hi) = blk.acts.split_at_mut(l);
         for p0 in (0..rows).step_by(piece) {
             let n = piece.min(rows - p0);
             if bf16 {
+                let src16: &[u16] = if l == 0 { &sc.src16 } else { lo16[l - 1] };
                 sc.cols16.resize(n * kp, 0);
-                im2col(&sc.src16, g, p0..p0 + n, &mut sc.cols16);
+                im2col(src16, g, p0..p0 + n, &mut sc.cols16);
             } else {
+                let src: &[f32] = if l == 0 { blk.input } else { lo[l - 1] };
                 sc.cols.resize(n * kp, 0.0);
                 im2col(src, g, p0..p0 + n, &mut sc.cols);
             }
-            let dst = &mut out[p0 * cout..(p0 + n) * cout];
-            product(
-                n,
-                &sc.cols,
-                &sc.cols16,
-                kp,
-                &conv.fwd,
-                conv.fwd16.as_ref().filter(|_| bf16),
-                dst,
-                cout,
-                epi,
-            );
-        }
-        if bf16 && l + 1 < convs.len() {
-            sc.src16.resize(out.len(), 0);
-            to_bf16(out, &mut sc.src16);
+            if bf16 && l < top {
+                let dst = &mut hi16[0][p0 * cout..(p0 + n) * cout];
+                let b16 = conv.fwd16.as_ref().expect("bf16 weights packed");
+                assert!(sc.cols16.len() >= n * kp, "input rows");
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: a bf16 kernel is built only where `Isa::detect` found AVX512-BF16 and
+                // AVX512-BW; `cols16` holds `n` rows of `kp` bf16, `dst` `n` rows of `cout`.
+                unsafe {
+                    gemm::gemm_bf16_to_bf16(
+                        n,
+                        sc.cols16.as_ptr() as *const u32,
+                        kp / 2,
+                        b16,
+                        dst.as_mut_ptr(),
+                        cout,
+                        &conv.b,
+                        LEAKY_SLOPE as f32,
+                    );
+                }
+            } else {
+                let dst = &mut hi[0][p0 * cout..(p0 + n) * cout];
+                product(
+                    n,
+                    &sc.cols,
+                    &sc.cols16,
+                    kp,
+                    &conv.fwd,
+                    conv.fwd16.as_ref().filter(|_| bf16),
+                    dst,
+                    cout,
+                    Epilogue::BiasLeaky(&conv.b, LEAKY_SLOPE as f32),
+                );
+            }
         }
     }
 }
@@ -630,15 +719,24 @@ fn backward_block(
     weights: bool,
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
     let bf16 = precision != Precision::F32;
+    // Full bf16: the activations below the top exist in bf16 only.
+    let full16 = precision == Precision::Bf16;
+    assert!(
+        !(weights && full16),
+        "weight gradients need an f32 or mixed-bf16 kernel"
+    );
+    let images = blk.input.len() / (c * h * w);
     let sc = &mut *blk.sc;
     let last = convs.len() - 1;
     let feats = convs[last].cout;
     // The top layer's output gradient is the pooled gradient spread over its positions.
     let top = &blk.acts[last];
     let hw = geos[last].hw_out();
-    sc.grad.resize(top.len(), 0.0);
-    for (g, d) in sc
-        .grad
+    // `grad` and `next` only grow (their live lengths are tracked), so no pass re-zeroes
+    // them when the layers' sizes alternate.
+    let mut grad_len = top.len();
+    grow(&mut sc.grad, grad_len);
+    for (g, d) in sc.grad[..grad_len]
         .chunks_exact_mut(hw * feats)
         .zip(blk.head.chunks_exact(feats))
     {
@@ -646,16 +744,19 @@ fn backward_block(
             row.iter_mut().zip(d).for_each(|(r, d)| *r = d / hw as f32);
         }
     }
-    leaky_back(&mut sc.grad, top);
+    leaky_back(&mut sc.grad[..grad_len], top);
     // bf16 chains: whether `sc.grad16` already holds the current output gradient.
     let mut grad16_ready = false;
     let mut out = Vec::new();
     for l in (0..convs.len()).rev() {
         let (conv, g) = (&convs[l], &geos[l]);
         let (kp, cout) = (g.kp(), conv.cout);
-        let rows = sc.grad.len() / cout;
+        let rows = grad_len / cout;
         let piece = piece_rows(kp);
+        // The layer's input: f32 (empty below the top for full bf16), and in bf16.
         let src: &[f32] = if l == 0 { blk.input } else { blk.acts[l - 1] };
+        let src16: &[u16] = if l == 0 { &[] } else { blk.acts16[l - 1] };
+        let src_len = images * g.h * g.w * g.cin;
         if weights {
             let mut dw = vec![0.0f32; cout * kp];
             for p0 in (0..rows).step_by(piece) {
@@ -678,7 +779,7 @@ fn backward_block(
                 }
             }
             let mut db = vec![0.0f32; cout];
-            for row in sc.grad.chunks_exact(cout) {
+            for row in sc.grad[..grad_len].chunks_exact(cout) {
                 db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
             }
             out.push((dw, db));
@@ -693,12 +794,12 @@ fn backward_block(
             sc.grad16.clear();
             sc.grad16.resize(rows * a_rs, 0);
             if a_rs == cout {
-                to_bf16(&sc.grad, &mut sc.grad16);
+                to_bf16(&sc.grad[..grad_len], &mut sc.grad16);
             } else {
                 for (d, s) in sc
                     .grad16
                     .chunks_exact_mut(a_rs)
-                    .zip(sc.grad.chunks_exact(cout))
+                    .zip(sc.grad[..grad_len].chunks_exact(cout))
                 {
                     to_bf16(s, &mut d[..cout]);
                 }
@@ -706,7 +807,8 @@ fn backward_block(
         }
         // Column-row gradients = dz W, added back onto the input positions; the input
         // gradient is zeroed piece by piece just ahead of the first additions into it.
-        sc.next.resize(src.len(), 0.0);
+        grow(&mut sc.next, src_len);
+        let next = &mut sc.next[..src_len];
         let mut zeroed = 0;
         for p0 in (0..rows).step_by(piece) {
             let n = piece.min(rows - p0);
@@ -728,25 +830,34 @@ fn backward_block(
                 Epilogue::Store,
             );
             let end = read_end(g, p0..p0 + n).max(zeroed);
-            sc.next[zeroed..end].fill(0.0);
+            next[zeroed..end].fill(0.0);
             zeroed = end;
-            col2im_add(&sc.dcols, g, p0..p0 + n, &mut sc.next, 0);
+            col2im_add(&sc.dcols, g, p0..p0 + n, next, 0);
         }
-        sc.next.truncate(src.len());
-        sc.next[zeroed..].fill(0.0);
+        next[zeroed..].fill(0.0);
         // Through the LeakyReLU of the layer below; for bf16 chains straight into the next
         // product's bf16 input when nothing else needs the f32 gradient.
         grad16_ready = l > 0 && bf16 && !weights && g.cin % 2 == 0;
         if grad16_ready {
-            sc.grad16.resize(sc.next.len(), 0);
-            leaky_back_bf16(&sc.next, src, &mut sc.grad16);
+            grow(&mut sc.grad16, src_len);
+            let out16 = &mut sc.grad16[..src_len];
+            if full16 {
+                leaky_back_bf16(next, src16, out16);
+            } else {
+                leaky_back_bf16(next, src, out16);
+            }
         } else if l > 0 {
-            leaky_back(&mut sc.next, src);
+            if full16 {
+                leaky_back(next, src16);
+            } else {
+                leaky_back(next, src);
+            }
         }
         std::mem::swap(&mut sc.grad, &mut sc.next);
+        grad_len = src_len;
     }
     if input {
-        transpose(&sc.grad, blk.x, c, h * w, false);
+        transpose(&sc.grad[..grad_len], blk.x, c, h * w, false);
     }
     out.reverse();
     out
