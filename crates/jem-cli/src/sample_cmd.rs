@@ -161,8 +161,12 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    println!("  diversity per class {}", fmt(&r.diversity));
-    println!("  test images         {}", fmt(&r.diversity_test));
+    if r.diversity.is_empty() {
+        println!("  diversity per class: none (a scalar-energy model samples no classes)");
+    } else {
+        println!("  diversity per class {}", fmt(&r.diversity));
+        println!("  test images         {}", fmt(&r.diversity_test));
+    }
     Ok(())
 }
 

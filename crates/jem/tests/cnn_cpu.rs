@@ -399,3 +399,39 @@ fn bf16_sgld_chains_follow_the_f32_chains() {
         "bf16 chains drift {r} of the f32 chains' movement"
     );
 }
+
+/// The batch is split into blocks of images across the compute threads; the input gradient
+/// (f32 and bf16) is the same bit for bit on 1, 2 and 3 threads, and for batches that do not
+/// divide into equal blocks.
+#[test]
+fn kernel_results_do_not_depend_on_the_thread_count() {
+    let model = init(&ModelConfig::default(), 1, 10, 31);
+    for b in [64usize, 13] {
+        let mut x = vec![0.0f32; b * 784];
+        Rng::new(31, b as u64).fill_uniform(&mut x, -1.0, 1.0);
+        let mut precisions = vec![Precision::F32];
+        if Precision::Bf16.supported() {
+            precisions.push(Precision::Bf16);
+        }
+        for precision in precisions {
+            let grad = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let mut kernel = CnnKernel::with_precision(&model, precision).unwrap();
+                    kernel.input_grad(&x, b, [1, 28, 28], HostTarget::Marginal)
+                })
+            };
+            let one = grad(1);
+            for threads in [2, 3] {
+                assert_eq!(
+                    grad(threads),
+                    one,
+                    "{precision:?}, batch {b}, {threads} threads"
+                );
+            }
+        }
+    }
+}
