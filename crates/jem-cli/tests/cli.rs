@@ -328,6 +328,11 @@ fn bad_input_is_a_clear_error() {
         (vec!["--conditional", "--buffer-size", "105"], "buffer.size"),
         (vec!["--n-valid", "64"], "n_valid"),
         (vec!["--arch", "wrn", "--wrn-depth", "12"], "model.depth"),
+        (
+            vec!["--arch", "wrn", "--sgld-precision", "bf16"],
+            "sgld.precision",
+        ),
+        (vec!["--sgld-precision", "half"], "half"),
     ];
     for (i, (extra, want)) in cases.into_iter().enumerate() {
         let out = tmp.path().join(format!("r{i}"));
@@ -502,4 +507,40 @@ fn jem_pp_igebm_and_lsd_train_evaluate_and_compare() {
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn bf16_chains_train_and_are_saved_in_the_config() {
+    if !jem::cnn_cpu::Precision::Bf16.supported() {
+        eprintln!("this CPU has no AVX512-BF16: bf16 chains cannot run here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    jem::data::synthetic::write_synthetic_fashion(&data, 64, 8, 1).unwrap();
+    let out = tmp.path().join("bf16");
+    let o = train_tiny(
+        &data,
+        &out,
+        &["--sgld-precision", "bf16", "--max-steps", "3"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(cfg.contains("precision = \"bf16\""), "{cfg}");
+    // Resuming may switch the chains back to f32.
+    let o = jem(&[
+        "--threads",
+        "2",
+        "train",
+        "--resume",
+        out.to_str().unwrap(),
+        "--sgld-precision",
+        "f32",
+        "--max-steps",
+        "5",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(cfg.contains("precision = \"f32\""), "{cfg}");
 }
