@@ -4,9 +4,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use jem::bench::BenchSpec;
 use jem::data::DatasetKind;
-use jem::model::ModelConfig;
-
-use crate::train_cmd::{ArchArg, DatasetArg};
+use jem::model::{Arch, ModelConfig};
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
@@ -24,7 +22,7 @@ pub(crate) struct BenchArgs {
     pub(crate) batch: usize,
     /// Network (default: the benchmark CNN).
     #[arg(long, value_enum, default_value = "cnn")]
-    pub(crate) arch: ArchArg,
+    pub(crate) arch: Arch,
     /// Wide-ResNet depth (6n + 4).
     #[arg(long, default_value_t = 28)]
     pub(crate) wrn_depth: usize,
@@ -36,24 +34,16 @@ pub(crate) struct BenchArgs {
     pub(crate) gemm: bool,
     /// Image shape and classes of this data set (no data is read: inputs are random).
     #[arg(long, value_enum, default_value = "fashion-mnist")]
-    pub(crate) dataset: DatasetArg,
+    pub(crate) dataset: DatasetKind,
 }
 
 pub(crate) fn bench(a: BenchArgs, device: &jem::Device, threads: usize) -> Result<()> {
     if a.sgld_reps == 0 || a.iter_reps == 0 || a.batch == 0 {
         bail!("--sgld-reps, --iter-reps and --batch must be positive");
     }
-    let model = match a.arch {
-        ArchArg::Cnn => ModelConfig::default(),
-        ArchArg::Wrn => ModelConfig::Wrn {
-            depth: a.wrn_depth,
-            widen: a.wrn_widen,
-            norm: Default::default(),
-            dropout: 0.0,
-        },
-    };
+    let model = ModelConfig::from_arch(a.arch, a.wrn_depth, a.wrn_widen);
     model.validate()?;
-    let kind: DatasetKind = a.dataset.into();
+    let kind = a.dataset;
     let spec = BenchSpec {
         model,
         shape: kind.shape(),

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use clap::{Args, Subcommand, ValueEnum};
-use jem::data::{Dataset, DatasetKind, Split};
+use clap::{Args, Subcommand};
+use jem::data::{Dataset, Split};
 use jem::eval::accuracy::accuracy;
 use jem::eval::attack::{AttackConfig, Defence, Norm, attack};
 use jem::eval::calibration::evaluate_calibration;
@@ -26,12 +26,6 @@ pub(crate) enum EvalCommand {
     Samples(crate::sample_cmd::QualityArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub(crate) enum SplitArg {
-    Test,
-    Valid,
-}
-
 /// What every evaluation takes.
 #[derive(Args)]
 pub(crate) struct EvalData {
@@ -40,7 +34,7 @@ pub(crate) struct EvalData {
     run: PathBuf,
     /// Which split.
     #[arg(long, value_enum, default_value = "test")]
-    split: SplitArg,
+    split: Split,
     /// Evaluate only the first N images.
     #[arg(long)]
     limit: Option<usize>,
@@ -53,19 +47,12 @@ pub(crate) struct EvalData {
 }
 
 impl EvalData {
-    fn split(&self) -> Split {
-        match self.split {
-            SplitArg::Test => Split::Test,
-            SplitArg::Valid => Split::Valid,
-        }
-    }
-
     fn load(&self, device: &jem::Device) -> Result<(Run, Dataset)> {
         if self.batch_size == 0 {
             bail!("--batch-size must be positive");
         }
         let run = Run::open(&self.run, device)?;
-        let mut data = run.data(self.split())?;
+        let mut data = run.data(self.split)?;
         if let Some(n) = self.limit {
             if n == 0 {
                 bail!("--limit must be positive");
@@ -80,7 +67,7 @@ impl EvalData {
         serde_json::json!({
             "run": self.run.display().to_string(),
             "step": run.state.step,
-            "split": match self.split { SplitArg::Test => "test", SplitArg::Valid => "valid" },
+            "split": self.split.name(),
             "n": data.len(),
         })
     }
@@ -88,10 +75,7 @@ impl EvalData {
 
 impl EvalData {
     fn split_name(&self) -> &'static str {
-        match self.split {
-            SplitArg::Test => "test",
-            SplitArg::Valid => "valid",
-        }
+        self.split.name()
     }
 
     /// Render a figure to `RUN/eval/NAME.png` and say where it went (on stderr).
@@ -99,7 +83,7 @@ impl EvalData {
         let png = jem::report::raster::svg_to_png(svg, 2.0)?;
         let path = jem::eval::store::eval_dir(&self.run).join(format!("{name}.png"));
         std::fs::create_dir_all(jem::eval::store::eval_dir(&self.run))?;
-        jem::checkpoint::write_atomic(&path, &png)?;
+        jem::tensor_file::write_atomic(&path, &png)?;
         eprintln!("figure: {}", path.display());
         Ok(())
     }
@@ -146,6 +130,7 @@ pub(crate) fn eval_accuracy(a: AccuracyArgs, device: &jem::Device) -> Result<()>
         p
     });
     let r = accuracy(
+        run.engine,
         run.classifier("accuracy")?,
         &data,
         a.data.batch_size,
@@ -192,6 +177,7 @@ pub(crate) fn eval_calibration(a: CalibrationArgs, device: &jem::Device) -> Resu
     }
     let (run, data) = a.data.load(device)?;
     let c = evaluate_calibration(
+        run.engine,
         run.classifier("calibration")?,
         &data,
         a.bins,
@@ -228,54 +214,13 @@ pub(crate) fn eval_calibration(a: CalibrationArgs, device: &jem::Device) -> Resu
     Ok(())
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub(crate) enum OodArg {
-    Mnist,
-    FashionMnist,
-    Cifar10,
-    Cifar100,
-    Uniform,
-    Gaussian,
-    Constant,
-    Vflip,
-    Invert,
-    Shuffle,
-    Interp,
-}
-
-impl From<OodArg> for OodSet {
-    fn from(a: OodArg) -> Self {
-        match a {
-            OodArg::Mnist => OodSet::Dataset(DatasetKind::Mnist),
-            OodArg::FashionMnist => OodSet::Dataset(DatasetKind::FashionMnist),
-            OodArg::Cifar10 => OodSet::Dataset(DatasetKind::Cifar10),
-            OodArg::Cifar100 => OodSet::Dataset(DatasetKind::Cifar100),
-            OodArg::Uniform => OodSet::Uniform,
-            OodArg::Gaussian => OodSet::Gaussian,
-            OodArg::Constant => OodSet::Constant,
-            OodArg::Vflip => OodSet::Vflip,
-            OodArg::Invert => OodSet::Invert,
-            OodArg::Shuffle => OodSet::Shuffle,
-            OodArg::Interp => OodSet::Interp,
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub(crate) enum ScoreArg {
-    Logp,
-    Py,
-    Pxgrad,
-    EnergyT,
-}
-
 #[derive(Args)]
 pub(crate) struct OodArgs {
     #[command(flatten)]
     data: EvalData,
     /// OOD sets, comma-separated. Data sets are read from their default directories.
     #[arg(long, value_enum, value_delimiter = ',', required = true)]
-    ood: Vec<OodArg>,
+    ood: Vec<OodSet>,
     /// Scores, comma-separated.
     #[arg(
         long,
@@ -283,7 +228,7 @@ pub(crate) struct OodArgs {
         value_delimiter = ',',
         default_value = "logp,py,pxgrad,energy-t"
     )]
-    scores: Vec<ScoreArg>,
+    scores: Vec<Score>,
     /// Directory of the data-set OOD sets' files (default: each set's default directory).
     #[arg(long)]
     ood_dir: Option<PathBuf>,
@@ -300,15 +245,13 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
         bail!("--temperature must be positive");
     }
     let (run, data) = a.data.load(device)?;
-    let sets: Vec<OodSet> = a.ood.iter().map(|&s| s.into()).collect();
+    let sets = a.ood.clone();
     let scores: Vec<Score> = a
         .scores
         .iter()
-        .map(|s| match s {
-            ScoreArg::Logp => Score::Logp,
-            ScoreArg::Py => Score::Py,
-            ScoreArg::Pxgrad => Score::Pxgrad,
-            ScoreArg::EnergyT => Score::EnergyT(a.temperature),
+        .map(|&s| match s {
+            Score::EnergyT(_) => Score::EnergyT(a.temperature),
+            s => s,
         })
         .filter(|s| {
             let keep = run.is_classifier() || *s != Score::Py;
@@ -319,6 +262,7 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
         })
         .collect();
     let report = evaluate_ood(
+        run.engine,
         &run.model,
         &data,
         &sets,
@@ -357,19 +301,13 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub(crate) enum NormArg {
-    Linf,
-    L2,
-}
-
 #[derive(Args)]
 pub(crate) struct AttackArgs {
     #[command(flatten)]
     data: EvalData,
     /// Threat model.
     #[arg(long, value_enum, default_value = "linf")]
-    norm: NormArg,
+    norm: Norm,
     /// Radii, comma-separated, in [0, 1] pixel units (e.g. 0,0.0078,0.0314).
     #[arg(long, value_delimiter = ',', default_value = "0,0.0078431,0.0313725")]
     eps: Vec<f32>,
@@ -405,10 +343,7 @@ pub(crate) fn eval_attack(a: AttackArgs, device: &jem::Device) -> Result<()> {
     }
     let (run, data) = a.data.load(device)?;
     let cfg = AttackConfig {
-        norm: match a.norm {
-            NormArg::Linf => Norm::Linf,
-            NormArg::L2 => Norm::L2,
-        },
+        norm: a.norm,
         eps: a.eps.clone(),
         steps: a.steps,
         step_fraction: a.step_fraction,
@@ -423,6 +358,7 @@ pub(crate) fn eval_attack(a: AttackArgs, device: &jem::Device) -> Result<()> {
         start_noise: a.refine_noise,
     };
     let r = attack(
+        run.engine,
         run.classifier("attack")?,
         &data,
         &cfg,

@@ -114,7 +114,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench(a, &device, threads),
         Command::Report(a) => {
             let html = jem::report::render_report(&a.run, a.baseline.as_deref())?;
-            jem::checkpoint::write_atomic(&a.out, html.as_bytes())?;
+            jem::tensor_file::write_atomic(&a.out, html.as_bytes())?;
             eprintln!("wrote {}", a.out.display());
             Ok(())
         }

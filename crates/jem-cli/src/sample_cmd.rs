@@ -3,16 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use jem::eval::run::Run;
 use jem::eval::samples::{Classes, Start, draw_samples, sample_quality};
 use jem::rng::Rng;
-
-#[derive(Clone, Copy, ValueEnum)]
-pub(crate) enum FromArg {
-    Buffer,
-    Noise,
-}
 
 #[derive(Args)]
 pub(crate) struct SampleArgs {
@@ -33,7 +27,7 @@ pub(crate) struct SampleArgs {
     pub(crate) steps: Option<usize>,
     /// Where chains start.
     #[arg(long, value_enum, default_value = "buffer")]
-    pub(crate) from: FromArg,
+    pub(crate) from: Start,
     /// Number of samples (per class with --per-class).
     #[arg(long, default_value_t = 64)]
     pub(crate) n: usize,
@@ -87,7 +81,7 @@ pub(crate) struct QualityArgs {
     per_class: usize,
     /// Where chains start.
     #[arg(long, value_enum, default_value = "buffer")]
-    from: FromArg,
+    from: Start,
     /// SGLD steps (default: 20 from the buffer, 200 from noise).
     #[arg(long)]
     steps: Option<usize>,
@@ -171,15 +165,8 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
 }
 
 /// Chain start and SGLD parameters from the flags.
-fn chain_settings(
-    run: &Run,
-    from: FromArg,
-    steps: Option<usize>,
-) -> (Start, jem::sgld::SgldConfig) {
-    let start = match from {
-        FromArg::Buffer => Start::Buffer,
-        FromArg::Noise => Start::Noise,
-    };
+fn chain_settings(run: &Run, from: Start, steps: Option<usize>) -> (Start, jem::sgld::SgldConfig) {
+    let start = from;
     let mut params = run.config.sgld.clone();
     params.steps = steps.unwrap_or(match start {
         Start::Buffer => 20,

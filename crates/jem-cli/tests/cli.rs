@@ -511,7 +511,7 @@ fn jem_pp_igebm_and_lsd_train_evaluate_and_compare() {
 
 #[test]
 fn bf16_chains_train_and_are_saved_in_the_config() {
-    if !jem::cnn_cpu::Precision::Bf16.supported() {
+    if !jem::cnn_cpu::supports(jem::sgld::Precision::Bf16) {
         eprintln!("this CPU has no AVX512-BF16: bf16 chains cannot run here");
         return;
     }
@@ -543,4 +543,113 @@ fn bf16_chains_train_and_are_saved_in_the_config() {
     assert!(o.status.success(), "{}", text(&o));
     let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(cfg.contains("precision = \"f32\""), "{cfg}");
+}
+
+/// `--resume` applies every flag it may (and records it in `config.toml`) and refuses the
+/// others by name; an evaluation refuses a model file with NaN weights and test images of
+/// another shape, naming the file.
+#[test]
+fn resume_flags_nan_weights_and_wrong_shapes_are_never_silent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    jem::data::synthetic::write_synthetic_fashion(&data, 64, 8, 1).unwrap();
+    let run = tmp.path().join("run");
+    let o = train_tiny(&data, &run, &["--max-steps", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = run.to_str().unwrap();
+    let config = || std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let before = config();
+    let o = jem(&[
+        "train",
+        "--resume",
+        r,
+        "--max-steps",
+        "3",
+        "--px-weight",
+        "5",
+        "--quiet",
+    ]);
+    assert!(
+        !o.status.success()
+            && text(&o).contains("--px-weight")
+            && text(&o).contains("loss.px_weight"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(config(), before, "a refused resume changed config.toml");
+    let o = jem(&[
+        "train",
+        "--resume",
+        r,
+        "--max-steps",
+        "3",
+        "--hflip",
+        "--data-noise",
+        "0.5",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let after = config();
+    assert!(
+        after.contains("hflip = true") && after.contains("noise_std = 0.5"),
+        "{after}"
+    );
+    assert!(after.contains("max_steps = 3"), "{after}");
+
+    // NaN weights: named, refused, no recoveries spent.
+    let model = run.join("model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let (n, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let at = 8 + n + header.info("Cnn.convs.0.bias").unwrap().data_offsets.0;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&model, &bytes).unwrap();
+    for args in [
+        vec!["eval", "accuracy", "--run", r],
+        vec!["train", "--resume", r, "--max-steps", "5", "--quiet"],
+    ] {
+        let o = jem(&args);
+        let t = text(&o);
+        assert!(
+            !o.status.success()
+                && t.contains("model.safetensors")
+                && t.contains("Cnn.convs.0.bias"),
+            "{args:?}: {t}"
+        );
+    }
+    assert!(
+        !std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .contains("recovery")
+    );
+
+    // Test images of another shape: the evaluation names the file and both shapes.
+    let run2 = tmp.path().join("run2");
+    assert!(
+        train_tiny(&data, &run2, &["--max-steps", "1"])
+            .status
+            .success()
+    );
+    let labels: Vec<u8> = (0..4).collect();
+    jem::data::write_idx(
+        &data.join("t10k-images-idx3-ubyte.gz"),
+        &[4, 20, 20],
+        &[0u8; 1600],
+    )
+    .unwrap();
+    jem::data::write_idx(&data.join("t10k-labels-idx1-ubyte.gz"), &[4], &labels).unwrap();
+    for sub in ["accuracy", "ood"] {
+        let mut args = vec!["eval", sub, "--run", run2.to_str().unwrap()];
+        if sub == "ood" {
+            args.extend(["--ood", "uniform"]);
+        }
+        let o = jem(&args);
+        let t = text(&o);
+        assert!(
+            !o.status.success()
+                && t.contains("t10k-images-idx3-ubyte.gz")
+                && t.contains("[1, 20, 20]")
+                && t.contains("[1, 28, 28]"),
+            "{sub}: {t}"
+        );
+    }
 }

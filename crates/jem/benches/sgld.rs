@@ -7,13 +7,14 @@ use std::hint::black_box;
 
 use burn::prelude::*;
 use criterion::{Criterion, criterion_group, criterion_main};
+use jem::Engine;
 use jem::buffer::ReplayBuffer;
 use jem::config::TrainConfig;
 use jem::data::Batch;
-use jem::energy::{Target, input_grad_autodiff};
+use jem::energy::{Target, input_grad};
 use jem::optim::Optimizer;
 use jem::rng::Rng;
-use jem::train::iteration;
+use jem::step::{StepInputs, iteration};
 
 fn benches(c: &mut Criterion) {
     let cfg = TrainConfig::default();
@@ -26,6 +27,7 @@ fn benches(c: &mut Criterion) {
         TensorData::new(x0.clone(), [64, 1, 28, 28]),
         &device.clone().inner(),
     );
+    let engine = Engine::for_model(&model);
     let mut group = c.benchmark_group("benchmark-cnn-batch-64");
     group.sample_size(10);
     let one = jem::sgld::SgldConfig {
@@ -35,13 +37,13 @@ fn benches(c: &mut Criterion) {
     group.bench_function("sgld_step_cpu_kernel", |b| {
         let mut r = Rng::new(1, 0);
         b.iter(|| {
-            let out = jem::sgld::sgld(&model, x.clone(), &Target::Marginal, &one, &mut r);
+            let out = engine.sgld(&model, x.clone(), &Target::Marginal, &one, &mut r);
             black_box(out.samples.into_data())
         })
     });
     group.bench_function("sgld_step_autodiff", |b| {
         b.iter(|| {
-            let (g, _) = input_grad_autodiff(&model, x.clone(), &Target::Marginal);
+            let (g, _) = input_grad(&model, x.clone(), &Target::Marginal);
             black_box((x.clone() + g).into_data())
         })
     });
@@ -53,18 +55,21 @@ fn benches(c: &mut Criterion) {
     };
     group.bench_function("jem_iteration", |b| {
         b.iter(|| {
-            let out = iteration(
-                &cfg,
-                model.clone(),
-                &mut optim,
-                Some(&mut buffer),
-                &batch,
-                [1, 28, 28],
-                10,
-                1e-4,
-                &mut rng,
-                &device,
-            );
+            let inputs = StepInputs {
+                cfg: &cfg,
+                engine,
+                batch: &batch,
+                shape: [1, 28, 28],
+                num_classes: 10,
+                lr: 1e-4,
+                critic_lr: 0.0,
+                optim: &mut optim,
+                buffer: Some(&mut buffer),
+                critic: None,
+                rng: &mut rng,
+                device: &device,
+            };
+            let out = iteration(model.clone(), inputs);
             if let Ok((m, metrics)) = out {
                 model = m;
                 black_box(metrics);

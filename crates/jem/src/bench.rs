@@ -9,15 +9,15 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::ReplayBuffer;
-use crate::cnn_cpu::Precision;
 use crate::config::TrainConfig;
 use crate::data::Batch;
-use crate::energy::{Target, input_grad_autodiff};
+use crate::energy::{Target, input_grad};
+use crate::engine::Engine;
 use crate::model::{Classifier, ModelConfig};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
-use crate::sgld::{SgldConfig, sgld};
-use crate::train::iteration;
+use crate::sgld::{Precision, SgldConfig};
+use crate::step::{StepInputs, iteration};
 
 /// GFLOP of one SGLD step of the benchmark model at batch 64 (forward + input gradient).
 pub const SGLD_STEP_GFLOP: f64 = 2.51;
@@ -133,6 +133,85 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Milliseconds per step of `reps` chains of `params` (median, after 3 untimed), each chain
+/// the paper's 20 steps as training runs them (the kernel built once per chain).
+fn time_chains(
+    engine: Engine,
+    model: &Classifier,
+    x: &Tensor<4>,
+    params: &SgldConfig,
+    reps: usize,
+    rng: &mut Rng,
+) -> f64 {
+    let times: Vec<f64> = (0..reps + 3)
+        .map(|_| {
+            let t = Instant::now();
+            let out = engine.sgld(model, x.clone(), &Target::Marginal, params, rng);
+            let _: Vec<f32> = out.samples.into_data().try_to_vec::<f32>().expect("f32");
+            t.elapsed().as_secs_f64() * 1e3 / params.steps.max(1) as f64
+        })
+        .skip(3)
+        .collect();
+    median(times)
+}
+
+/// Milliseconds of one SGLD step through burn's autodiff (median of `reps`, after 3 untimed).
+fn time_autodiff_step(model: &Classifier, x: &Tensor<4>, reps: usize) -> f64 {
+    let times: Vec<f64> = (0..reps + 3)
+        .map(|_| {
+            let t = Instant::now();
+            let (g, _) = input_grad(model, x.clone(), &Target::Marginal);
+            let _: Vec<f32> = (x.clone() + g)
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("f32");
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .skip(3)
+        .collect();
+    median(times)
+}
+
+/// Milliseconds of one JEM iteration (median of `reps`, after 2 untimed); `model` is
+/// trained on.
+fn time_iterations(
+    cfg: &TrainConfig,
+    engine: Engine,
+    model: &mut Classifier,
+    buffer: &mut ReplayBuffer,
+    batch: &Batch,
+    (shape, k, reps): ([usize; 3], usize, usize),
+    rng: &mut Rng,
+) -> f64 {
+    let device = model.device();
+    let mut optim = Optimizer::new(&cfg.optim);
+    let mut times = Vec::new();
+    for i in 0..reps + 2 {
+        let t = Instant::now();
+        let inputs = StepInputs {
+            cfg,
+            engine,
+            batch,
+            shape,
+            num_classes: k,
+            lr: 1e-4,
+            critic_lr: 0.0,
+            optim: &mut optim,
+            buffer: Some(&mut *buffer),
+            critic: None,
+            rng: &mut *rng,
+            device: &device,
+        };
+        if let Ok((m, _)) = iteration(model.clone(), inputs) {
+            *model = m;
+        }
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    median(times)
+}
+
 /// Time `spec.sgld_reps` SGLD chains (per step) and `spec.iter_reps` JEM iterations (paper settings:
 /// 20 SGLD steps, a 10,000-chain buffer, Adam) after warm-up, on `device`.
 pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
@@ -141,92 +220,41 @@ pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
         ..TrainConfig::default()
     };
     let device = device.clone().autodiff();
-
     let (shape, k, b) = (spec.shape, spec.classes, spec.batch);
     let [c, h, w] = shape;
     let mut model = cfg.model.init_seeded(c, k, &device, 0);
+    let engine = Engine::for_model(&model);
     let mut rng = Rng::new(0, 0);
     let mut x0 = vec![0.0f32; b * c * h * w];
     rng.fill_uniform(&mut x0, -1.0, 1.0);
-    let inner = device.clone().inner();
-    let x = Tensor::<4>::from_data(TensorData::new(x0.clone(), [b, c, h, w]), &inner);
-    // The sampler as training runs it (the CPU kernel for the CNN on the CPU): a chain of the
-    // paper's 20 steps per timing, divided by its steps; and one step through burn's autodiff.
+    let x = Tensor::<4>::from_data(TensorData::new(x0.clone(), [b, c, h, w]), &device.inner());
+    // The sampler as training runs it (the CPU kernel for the CNN on the CPU), per step of the
+    // paper's 20-step chains; and one step through burn's autodiff.
     let chain = cfg.sgld.clone();
-    let per_step = |t: Instant| t.elapsed().as_secs_f64() * 1e3 / chain.steps.max(1) as f64;
-    let mut times = Vec::new();
-    let mut reference = Vec::new();
-    for i in 0..spec.sgld_reps + 3 {
-        let t = Instant::now();
-        let out = sgld(&model, x.clone(), &Target::Marginal, &chain, &mut rng);
-        let _: Vec<f32> = out.samples.into_data().try_to_vec::<f32>().expect("f32");
-        let chain_ms = per_step(t);
-        let mid = Instant::now();
-        let (g, _) = input_grad_autodiff(&model, x.clone(), &Target::Marginal);
-        let _: Vec<f32> = (x.clone() + g)
-            .into_data()
-            .try_to_vec::<f32>()
-            .expect("f32");
-        if i >= 3 {
-            times.push(chain_ms);
-            reference.push(mid.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    let sgld_ms = median(times);
-    let sgld_autodiff_ms = median(reference);
-    let bf16 = crate::cnn_cpu::available(&model) && Precision::Bf16.supported();
+    let sgld_ms = time_chains(engine, &model, &x, &chain, spec.sgld_reps, &mut rng);
+    let sgld_autodiff_ms = time_autodiff_step(&model, &x, spec.sgld_reps);
+    let bf16 = engine.check_chains(Precision::Bf16).is_ok();
     let sgld_bf16_ms = bf16.then(|| {
         let params = SgldConfig {
             precision: Precision::Bf16,
             ..chain.clone()
         };
-        let times: Vec<f64> = (0..spec.sgld_reps + 3)
-            .map(|_| {
-                let t = Instant::now();
-                let out = sgld(&model, x.clone(), &Target::Marginal, &params, &mut rng);
-                let _: Vec<f32> = out.samples.into_data().try_to_vec::<f32>().expect("f32");
-                per_step(t)
-            })
-            .skip(3)
-            .collect();
-        median(times)
+        time_chains(engine, &model, &x, &params, spec.sgld_reps, &mut rng)
     });
     let mut buffer = ReplayBuffer::uniform(&cfg.buffer, shape, k, &mut rng);
     let batch = Batch {
         images: x0,
         labels: (0..b).map(|_| rng.below(k)).collect(),
     };
-    let mut time_iterations = |cfg: &TrainConfig, model: &mut Classifier| {
-        let mut optim = Optimizer::new(&cfg.optim);
-        let mut times = Vec::new();
-        for i in 0..spec.iter_reps + 2 {
-            let t = Instant::now();
-            let out = iteration(
-                cfg,
-                model.clone(),
-                &mut optim,
-                Some(&mut buffer),
-                &batch,
-                shape,
-                k,
-                1e-4,
-                &mut rng,
-                &device,
-            );
-            if let Ok((m, _)) = out {
-                *model = m;
-            }
-            if i >= 2 {
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        median(times)
+    let mut time = |cfg: &TrainConfig, model: &mut Classifier| {
+        let dims = (shape, k, spec.iter_reps);
+        time_iterations(cfg, engine, model, &mut buffer, &batch, dims, &mut rng)
     };
-    let iter_ms = time_iterations(&cfg, &mut model);
+    let iter_ms = time(&cfg, &mut model);
     let iter_bf16_ms = bf16.then(|| {
         let mut cfg = cfg.clone();
         cfg.sgld.precision = Precision::Bf16;
-        time_iterations(&cfg, &mut model)
+        time(&cfg, &mut model)
     });
     let f = forward_flops(&spec.model, shape, k) * b as f64 / 1e9; // forward GFLOP per batch
     // SGLD step: forward + input gradient (2x forward). Iteration: the SGLD steps, then

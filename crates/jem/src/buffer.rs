@@ -9,10 +9,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointError, read_safetensors, write_safetensors};
-use crate::config::ConfigError;
+use crate::error::{CheckpointError, ConfigError};
 use crate::init::{ChainInit, ChainStart};
 use crate::rng::Rng;
+use crate::tensor_file::{check_finite, read_safetensors, write_safetensors};
 
 /// Replay buffer settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -250,6 +250,14 @@ impl ReplayBuffer {
         count
     }
 
+    /// Number of chains holding a NaN or infinite value.
+    pub fn non_finite_chains(&self) -> usize {
+        self.data
+            .chunks_exact(self.image_len())
+            .filter(|c| c.iter().any(|v| !v.is_finite()))
+            .count()
+    }
+
     /// Save as safetensors (`buffer`, with the layout in the metadata), atomically.
     pub fn save(&self, path: &Path, step: u64) -> Result<(), CheckpointError> {
         let mut meta = HashMap::new();
@@ -259,7 +267,8 @@ impl ReplayBuffer {
         write_safetensors(path, step, meta, &[("buffer", &self.data, &shape)])
     }
 
-    /// Load a buffer saved by [`ReplayBuffer::save`], checking it against the expected layout.
+    /// Load a buffer saved by [`ReplayBuffer::save`], checking it against the expected layout;
+    /// a chain holding NaN or infinite values is an error naming the file.
     pub fn load(
         path: &Path,
         step: u64,
@@ -267,8 +276,23 @@ impl ReplayBuffer {
         shape: [usize; 3],
         num_classes: usize,
     ) -> Result<Self, CheckpointError> {
+        let buffer = Self::load_for_training(path, step, cfg, shape, num_classes)?;
+        check_finite(path, "buffer", &buffer.data)?;
+        Ok(buffer)
+    }
+
+    /// [`ReplayBuffer::load`] for a run that goes on: chains holding NaN or infinite values
+    /// are kept, for the trainer to restart at once ([`ReplayBuffer::reinit_broken`]; a
+    /// chain is data, not a parameter, and restarting it is the designed repair).
+    pub fn load_for_training(
+        path: &Path,
+        step: u64,
+        cfg: &BufferConfig,
+        shape: [usize; 3],
+        num_classes: usize,
+    ) -> Result<Self, CheckpointError> {
         let mut file = read_safetensors(path, step)?;
-        let (data, dims) = file.take("buffer")?;
+        let (data, dims) = file.take_any("buffer")?;
         let want = vec![cfg.size, shape[0], shape[1], shape[2]];
         if dims != want {
             return Err(CheckpointError::corrupt(

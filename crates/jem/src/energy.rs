@@ -72,30 +72,14 @@ pub enum Target {
     Joint(Tensor<2>),
 }
 
-/// `sum_i target(x_i)` and its gradient with respect to `x`, with the parameters frozen (no
-/// weight gradients are computed). `model` must live on an autodiff device. The CNN on the
-/// CPU backend goes through [`crate::cnn_cpu`]; everything else through burn's autodiff
-/// ([`input_grad_autodiff`]).
+/// `sum_i target(x_i)` and its gradient with respect to `x` through burn's autodiff, with the
+/// parameters frozen (no weight gradients are computed), for any model and backend. `model`
+/// must live on an autodiff device. [`crate::engine::Engine::input_grad`] chooses between
+/// this and the CPU kernel of the CNN.
 ///
 /// # Shapes
 /// `x: [b, c, h, w] -> ([b, c, h, w] gradient, [b] per-image target)`
 pub fn input_grad(model: &Classifier, x: Tensor<4>, target: &Target) -> (Tensor<4>, Tensor<1>) {
-    if let Some(out) = crate::cnn_cpu::input_grad(model, &x, target) {
-        return out;
-    }
-    input_grad_autodiff(model, x, target)
-}
-
-/// [`input_grad`] through burn's autodiff, for any model and backend (the reference the CPU
-/// kernel is tested against).
-///
-/// # Shapes
-/// `x: [b, c, h, w] -> ([b, c, h, w] gradient, [b] per-image target)`
-pub fn input_grad_autodiff(
-    model: &Classifier,
-    x: Tensor<4>,
-    target: &Target,
-) -> (Tensor<4>, Tensor<1>) {
     let frozen = model.clone().no_grad();
     let x = x.detach().autodiff().require_grad(); // [b, c, h, w]
     let logits = frozen.forward(x.clone()); // [b, k]

@@ -1,8 +1,163 @@
-use std::path::PathBuf;
+//! Every error type of the library, in one leaf module that imports nothing else of jem:
+//! [`DataError`] (data files), [`ConfigError`] (impossible settings, named by their field),
+//! [`CheckpointError`] (run directories and tensor files) and [`Error`], which wraps them
+//! and adds the run-level failures (divergence, a scalar-energy run asked for `p(y|x)`,
+//! inputs of the wrong shape). Modules re-export the error they raise next to their code.
 
-use crate::checkpoint::CheckpointError;
-use crate::config::ConfigError;
-use crate::data::DataError;
+use std::path::{Path, PathBuf};
+
+/// A malformed or missing data file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file does not exist or cannot be read.
+    #[error("{path}: cannot read: {source}{hint}")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+        /// How to obtain the data, when known.
+        hint: String,
+    },
+    /// The file's content is not what its format requires.
+    #[error("{path}: {reason}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Images and labels do not go together.
+    #[error("{images} has {n_images} images but {labels} has {n_labels} labels")]
+    CountMismatch {
+        /// Image file.
+        images: PathBuf,
+        /// Number of images.
+        n_images: usize,
+        /// Label file.
+        labels: PathBuf,
+        /// Number of labels.
+        n_labels: usize,
+    },
+    /// A split or option cannot be applied to this data set.
+    #[error("data: {0}")]
+    Invalid(String),
+    /// Images of another shape than the run's (the CNN's global pooling would accept them
+    /// and report numbers on the wrong inputs, so they are refused when loaded).
+    #[error(
+        "{path}: images of shape {found:?}, but the run takes {expected:?} ([channels, height, width]; images of another shape are refused, not resized)"
+    )]
+    Shape {
+        /// The file (or directory) the images came from.
+        path: PathBuf,
+        /// Their shape `[c, h, w]`.
+        found: [usize; 3],
+        /// The shape the run takes.
+        expected: [usize; 3],
+    },
+}
+
+impl DataError {
+    pub(crate) fn malformed(path: &Path, reason: impl Into<String>) -> Self {
+        DataError::Malformed {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// An impossible configuration value, named by its field path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A field with an impossible value.
+    #[error("config field `{field}`: {reason}")]
+    Field {
+        /// Dotted path, e.g. `sgld.steps`.
+        field: String,
+        /// Why it is impossible.
+        reason: String,
+    },
+    /// A config file that is not valid TOML for [`TrainConfig`].
+    #[error("{path}: not a valid jem config: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// An error on `field`.
+    pub fn field(field: &str, reason: impl Into<String>) -> Self {
+        ConfigError::Field {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A run directory or checkpoint that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Not a run directory.
+    #[error("{dir} is not a jem run directory (no {file}); train one with `jem train --out {dir}`")]
+    NotARun {
+        /// The directory.
+        dir: PathBuf,
+        /// The missing file.
+        file: &'static str,
+    },
+    /// The output directory already holds files.
+    #[error(
+        "{0} already exists and is not empty; continue it with `jem train --resume {0}` or choose another --out"
+    )]
+    Exists(PathBuf),
+    /// A file that cannot be parsed or does not fit the run.
+    #[error("{path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// I/O on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A saved tensor holding NaN or infinite values (weights, optimiser moments, chains).
+    #[error(
+        "{path}: tensor `{tensor}` holds {count} non-finite values (NaN or infinite); this file cannot be used: resume from an earlier copy or train again"
+    )]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name in the file.
+        tensor: String,
+        /// How many of its values are not finite.
+        count: usize,
+    },
+}
+
+impl CheckpointError {
+    /// A corrupt `path`.
+    pub fn corrupt(path: &Path, reason: impl Into<String>) -> Self {
+        CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
 
 /// Every error the library returns.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::checkpoint::write_atomic;
+use crate::tensor_file::write_atomic;
 use crate::{Error, Result};
 
 /// Gap between tiles, pixels.

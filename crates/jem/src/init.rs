@@ -18,6 +18,7 @@ use crate::rng::Rng;
 
 /// How chains are started (and restarted).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ChainInit {
     /// Uniform noise in `[-1, 1]`.

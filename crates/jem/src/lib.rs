@@ -11,11 +11,15 @@
 //! `-mean(lse(f(x_data))) + mean(lse(f(x_sampled)))`, where the samples come from SGLD chains
 //! kept in a persistent replay buffer.
 //!
-//! The crate is organised one concept per module: [`data`] (IDX, MNIST-JSON and CIFAR
-//! readers), [`model`] (the benchmark CNN and a Wide-ResNet), [`energy`] (stable logsumexp and
-//! the densities above), [`sgld`] (the sampler, a pure function), [`buffer`] (the replay
-//! buffer), [`loss`] (objectives), [`optim`] (Adam and SGD with schedules), [`train`] (the
-//! training loop), [`checkpoint`] (run directories written atomically) and [`eval`].
+//! The crate is organised one concept per module, in layers whose imports only go down
+//! (`docs/architecture.md`): [`error`], [`rng`] and [`tensor_file`] at the bottom; [`data`]
+//! (IDX, MNIST-JSON and CIFAR readers), [`checkpoint`] (run directories written atomically)
+//! and [`metrics`]; the maths: [`model`] (the benchmark CNN and a Wide-ResNet), [`energy`]
+//! (stable logsumexp and the densities above), [`sgld`] (the sampler's update rule),
+//! [`buffer`] (the replay buffer), [`loss`] (objectives), [`optim`] (Adam and SGD with
+//! schedules), [`recovery`] (the divergence watch); [`engine`], the compute engine chosen
+//! once (the CPU kernel [`cnn_cpu`] or burn's autodiff); [`config`], which assembles the
+//! tables; [`step`] (one iteration); [`eval`] and [`train`] (the training loop) on top.
 //!
 //! ```no_run
 //! use jem::config::TrainConfig;
@@ -31,36 +35,44 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod bench;
-pub mod buffer;
+// The layers, bottom to top (docs/architecture.md; `tests/architecture.rs` fails when a
+// module imports from a layer above its own).
+pub mod error;
+pub mod rng;
+pub mod tensor_file;
+
 pub mod checkpoint;
-pub mod cnn_cpu;
-pub mod config;
 pub mod data;
-pub mod energy;
-mod error;
-pub mod eval;
 pub mod image;
+pub mod metrics;
+
+pub mod buffer;
+pub mod energy;
 pub mod init;
 pub mod loss;
 pub mod lsd;
 pub mod model;
 pub mod optim;
-pub mod report;
-pub mod rng;
+pub mod recovery;
+pub mod schedule;
 pub mod sgld;
+
+pub mod cnn_cpu;
+pub mod engine;
+
+pub mod config;
 pub mod step;
+
+pub mod eval;
 pub mod train;
+
+pub mod bench;
+#[cfg(feature = "report")]
+pub mod report;
 
 pub use burn::prelude::{Device, Tensor};
 
-/// burn's random generator belongs to the device and is shared by every thread of the
-/// process: whoever seeds it or draws initial weights from it holds this lock, so that a seed
-/// always gives the same weights even while other threads build models.
-pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use engine::Engine;
 pub use error::{Error, Result};
 
 /// The device jem computes on by default: the first GPU backend compiled in (`cuda`, then

@@ -7,11 +7,12 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
 use crate::energy::{cross_entropy, log_pxy, logsumexp};
+use crate::error::ConfigError;
 
 /// The training objective.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Objective {
     /// Cross-entropy only: the plain classifier baseline.

@@ -24,22 +24,16 @@
 //! Each is exact for a function linear along the direction and has an `O(e^2)` error
 //! otherwise; tests check both against exact values.
 
-use std::time::Instant;
-
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::leaky_relu;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, TrainConfig};
-use crate::data::Batch;
-use crate::energy::{cross_entropy, logsumexp, one_hot};
+use crate::energy::logsumexp;
+use crate::error::ConfigError;
 use crate::model::{Classifier, LEAKY_SLOPE};
 use crate::optim::Optimizer;
-use crate::rng::Rng;
-use crate::step::{Divergence, LOSS_LIMIT, StepMetrics};
 
 /// Settings of `--objective lsd`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -114,11 +108,11 @@ impl LsdConfig {
 
     /// Build the critic for images with `channels` channels.
     pub fn init_critic(&self, channels: usize, device: &Device) -> Critic {
-        let _guard = crate::rng_lock();
+        let _guard = crate::rng::rng_lock();
         self.init_critic_unlocked(channels, device)
     }
 
-    /// [`LsdConfig::init_critic`] for a caller that holds [`crate::rng_lock`].
+    /// [`LsdConfig::init_critic`] for a caller that holds [`crate::rng::rng_lock`].
     pub(crate) fn init_critic_unlocked(&self, channels: usize, device: &Device) -> Critic {
         let mut convs = Vec::with_capacity(self.critic_widths.len() + 1);
         let mut cin = channels;
@@ -243,105 +237,4 @@ pub struct CriticState {
     pub critic: Critic,
     /// Its optimiser.
     pub optim: Optimizer,
-}
-
-/// One `--objective lsd` iteration: `critic_steps` critic updates (ascent on
-/// `(SD - lambda E|g|^2) / D`, the classifier frozen), then one classifier update on
-/// `pyx_weight * ce + px_weight * SD / D` with the critic's output held fixed. Returns the updated
-/// classifier and the step's metrics, or the divergence seen (then nothing was updated).
-#[allow(clippy::too_many_arguments)]
-pub fn lsd_iteration(
-    cfg: &TrainConfig,
-    model: Classifier,
-    optim: &mut Optimizer,
-    critic: &mut CriticState,
-    batch: &Batch,
-    shape: [usize; 3],
-    num_classes: usize,
-    lr: f64,
-    critic_lr: f64,
-    rng: &mut Rng,
-    device: &Device,
-) -> Result<(Classifier, StepMetrics), Divergence> {
-    let t0 = Instant::now();
-    let l = &cfg.loss.lsd;
-    let b = batch.labels.len();
-    let [c, h, w] = shape;
-    let dim = c * h * w;
-    let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), device); // [b, c, h, w]
-    let data_oh = one_hot(&batch.labels, num_classes, device); // [b, k]
-    let frozen = model.clone().no_grad();
-    let mut probe = vec![0.0f32; b * c * h * w];
-    let mut g_fixed = None;
-    let (mut sd_value, mut critic_value) = (0.0, 0.0);
-    let mut next = critic.critic.clone();
-    for _ in 0..l.critic_steps {
-        rng.fill_normal(&mut probe, 1.0);
-        let v = Tensor::<4>::from_data(TensorData::new(probe.clone(), [b, c, h, w]), device); // [b, c, h, w]
-        let (trace, g) = hutchinson_trace(&next, x.clone(), v, l.fd_eps); // [b], [b, c, h, w]
-        let score = score_dot(&frozen, x.clone(), g.clone(), l.fd_eps); // [b]
-        let sd = (score + trace).mean().div_scalar(dim as f32); // [1], per dimension
-        let closs = mean_sq_norm(g.clone()).mul_scalar(l.critic_l2 / dim as f32) - sd.clone(); // [1]
-        let vals: Vec<f32> = Tensor::cat(vec![sd.detach(), closs.clone().detach()], 0)
-            .into_data()
-            .try_to_vec()
-            .expect("f32 scalars");
-        (sd_value, critic_value) = (vals[0] as f64, vals[1] as f64);
-        if !critic_value.is_finite() || critic_value.abs() > LOSS_LIMIT {
-            return Err(Divergence {
-                what: "Stein critic loss".into(),
-                value: critic_value,
-            });
-        }
-        let grads = GradientsParams::from_grads(closs.backward(), &next);
-        next = critic.optim.step(critic_lr, next, grads);
-        g_fixed = Some(g.detach());
-    }
-    let g = g_fixed.expect("critic_steps >= 1 is validated");
-    let logits = model.forward(x.clone()); // [b, k]
-    let ce = cross_entropy(logits.clone(), data_oh.clone()); // [1]
-    let lse_data = logsumexp(logits.clone()).mean(); // [1]
-    let score = score_dot(&model, x, g, l.fd_eps)
-        .mean()
-        .div_scalar(dim as f32); // [1]
-    let total = ce.clone().mul_scalar(cfg.loss.pyx_weight) + score.mul_scalar(cfg.loss.px_weight); // [1]
-    let correct = logits.argmax(1).equal(data_oh.argmax(1)).float().mean(); // [1]
-    let vals: Vec<f32> = Tensor::cat(
-        vec![
-            total.clone().detach(),
-            ce.detach(),
-            lse_data.detach(),
-            correct,
-        ],
-        0,
-    )
-    .into_data()
-    .try_to_vec()
-    .expect("f32 scalars");
-    let loss_value = vals[0] as f64;
-    if !loss_value.is_finite() || loss_value.abs() > LOSS_LIMIT {
-        return Err(Divergence {
-            what: "loss".into(),
-            value: loss_value,
-        });
-    }
-    let grads = GradientsParams::from_grads(total.backward(), &model);
-    let model = optim.step(lr, model, grads);
-    critic.critic = next;
-    let metrics = StepMetrics {
-        step: 0,
-        epoch: 0,
-        loss: loss_value,
-        ce: Some(vals[1] as f64),
-        lse_data: vals[2] as f64,
-        lse_sample: None,
-        acc: Some(vals[3] as f64),
-        lr,
-        sgld_grad_norm: None,
-        stein: Some(sd_value),
-        critic_loss: Some(critic_value),
-        n_reinit: None,
-        ms: t0.elapsed().as_secs_f64() * 1e3,
-    };
-    Ok((model, metrics))
 }

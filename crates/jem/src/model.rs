@@ -13,13 +13,14 @@ use burn::prelude::*;
 use burn::tensor::activation::leaky_relu;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// Negative slope of every LeakyReLU.
 pub const LEAKY_SLOPE: f64 = 0.2;
 
 /// Normalisation inside Wide-ResNet blocks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum NormKind {
     /// None (the JEM default: normalisation interferes with SGLD).
@@ -55,6 +56,41 @@ pub enum ModelConfig {
         #[serde(default)]
         dropout: f64,
     },
+}
+
+/// The architectures, without their sizes (what `--arch` picks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// The benchmark CNN.
+    Cnn,
+    /// Wide-ResNet (sized by depth and widen factor).
+    Wrn,
+}
+
+impl ModelConfig {
+    /// The benchmark CNN (default widths), or a Wide-ResNet WRN-`depth`-`widen` without
+    /// normalisation or dropout.
+    pub fn from_arch(arch: Arch, depth: usize, widen: usize) -> Self {
+        match arch {
+            Arch::Cnn => ModelConfig::default(),
+            Arch::Wrn => ModelConfig::Wrn {
+                depth,
+                widen,
+                norm: NormKind::None,
+                dropout: 0.0,
+            },
+        }
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        match self {
+            ModelConfig::Cnn { .. } => Arch::Cnn,
+            ModelConfig::Wrn { .. } => Arch::Wrn,
+        }
+    }
 }
 
 impl Default for ModelConfig {
@@ -108,7 +144,7 @@ impl ModelConfig {
     /// Build the network for images with `in_channels` channels and `num_classes` outputs,
     /// its weights drawn from `device`'s generator as it stands.
     pub fn init(&self, in_channels: usize, num_classes: usize, device: &Device) -> Classifier {
-        let _guard = crate::rng_lock();
+        let _guard = crate::rng::rng_lock();
         self.init_unlocked(in_channels, num_classes, device)
     }
 
@@ -121,12 +157,12 @@ impl ModelConfig {
         device: &Device,
         seed: u64,
     ) -> Classifier {
-        let _guard = crate::rng_lock();
+        let _guard = crate::rng::rng_lock();
         device.seed(seed);
         self.init_unlocked(in_channels, num_classes, device)
     }
 
-    /// [`ModelConfig::init`] for a caller that holds [`crate::rng_lock`].
+    /// [`ModelConfig::init`] for a caller that holds [`crate::rng::rng_lock`].
     pub(crate) fn init_unlocked(
         &self,
         in_channels: usize,
@@ -379,6 +415,14 @@ impl Classifier {
             Classifier::Cnn(m) => m.head.forward(m.features(x)), // [b, classes]
             Classifier::Wrn(m) => m.head.forward(m.features(x)), // [b, classes]
         }
+    }
+
+    /// The device the parameters live on (an autodiff device for a trainable model).
+    pub fn device(&self) -> Device {
+        self.devices()
+            .into_iter()
+            .next()
+            .expect("a classifier has parameters")
     }
 
     /// Penultimate activations (the feature space used for FID-style comparisons).

@@ -12,11 +12,12 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointError, read_safetensors, write_safetensors};
-use crate::config::ConfigError;
+use crate::error::{CheckpointError, ConfigError};
+use crate::tensor_file::{read_safetensors, write_safetensors};
 
 /// The update rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Algorithm {
     /// Adam (Kingma & Ba), L2 weight decay added to the gradient as in PyTorch's `Adam`.

@@ -4,20 +4,42 @@
 //! step: `x <- clamp(x + a * clamp(d target/dx, -clip, clip) + s * noise, -1, 1)` (the clamp
 //! to the box is the proximal operator of its indicator).
 //!
-//! [`sgld`] is a pure function of (model, start, rng, params): it freezes the parameters
-//! itself, draws all its noise from the generator passed in, and changes nothing else.
+//! This module owns the sampler's settings ([`SgldConfig`], including the number format of
+//! the chains' gradient passes, [`Precision`]) and the update rule, written once for chains
+//! held as tensors ([`chains_tensor`]) and once for chains held on the host
+//! ([`chains_host`]). Where the gradient comes from is the caller's: the compute engine
+//! ([`crate::engine::Engine::sgld`]) passes burn's autodiff or the CPU kernel of the CNN.
+//! A run of the chains is a pure function of (engine, model, start, rng, params): the
+//! parameters are frozen, all noise is drawn from the generator passed in, nothing else
+//! changes.
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cnn_cpu::Precision;
-use crate::config::ConfigError;
-use crate::energy::{Target, input_grad_autodiff};
-use crate::model::Classifier;
+use crate::error::ConfigError;
 use crate::rng::Rng;
+
+/// The number format of the chains' gradient passes (the CPU kernel of the CNN's matrix
+/// products; every other engine computes in f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// bf16 inputs to every product, f32 accumulation (CNN on a CPU with AVX512-BF16). The
+    /// fastest; rounding moves a few pre-activations across zero, where the LeakyReLU's slope
+    /// switches, so input gradients differ from f32 by a few percent (cosine above 0.99).
+    Bf16,
+    /// f32 forward pass (exact LeakyReLU slopes), bf16 products in the input gradient only:
+    /// gradients within 1e-2 of f32, less of the speed-up.
+    MixedBf16,
+}
 
 /// The update rule of the chains.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum SamplerKind {
     /// Plain SGLD, unconstrained (JEM).
@@ -61,6 +83,14 @@ impl Default for SgldConfig {
 }
 
 impl SgldConfig {
+    /// The settings of a sampler: the paper's SGLD, or JEM++'s proximal SGLD.
+    pub fn for_sampler(kind: SamplerKind) -> Self {
+        match kind {
+            SamplerKind::Sgld => SgldConfig::default(),
+            SamplerKind::Pyld => SgldConfig::jem_pp(),
+        }
+    }
+
     /// JEM++'s sampler settings: proximal SGLD, 10 steps of size 0.2 with gradient
     /// components clamped to 0.1, no noise.
     pub fn jem_pp() -> Self {
@@ -74,7 +104,8 @@ impl SgldConfig {
         }
     }
 
-    /// Check the values.
+    /// Check the values (whether this machine runs the chosen [`Precision`] is checked when
+    /// the compute engine is chosen, [`crate::engine::Engine::check_chains`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.step_size.is_finite() && self.step_size > 0.0) {
             return Err(ConfigError::field(
@@ -94,12 +125,6 @@ impl SgldConfig {
                 format!("{}: must be positive and finite", self.grad_clip),
             ));
         }
-        if self.precision != Precision::F32 && !self.precision.supported() {
-            return Err(ConfigError::field(
-                "sgld.precision",
-                "bf16 chains need a CPU with AVX512-BF16, which this one lacks (use f32)",
-            ));
-        }
         Ok(())
     }
 }
@@ -116,38 +141,16 @@ pub struct SgldOutput {
     pub grad_norm: f32,
 }
 
-/// Run `params.steps` SGLD (or proximal SGLD) steps from `start` on `target` (use
-/// [`Target::Marginal`] for `log p(x)`, [`Target::Joint`] for `log p(x, y)`).
+/// Run `params.steps` SGLD (or proximal SGLD) steps from `start`, with `grad(x)` the input
+/// gradient of the target at `x` (detached, on the non-autodiff device).
 ///
 /// # Shapes
-/// `start: [b, c, h, w] -> samples [b, c, h, w]`
-pub fn sgld(
-    model: &Classifier,
+/// `start: [b, c, h, w] -> samples [b, c, h, w]`; `grad: [b, c, h, w] -> [b, c, h, w]`
+pub fn chains_tensor(
     start: Tensor<4>,
-    target: &Target,
     params: &SgldConfig,
     rng: &mut Rng,
-) -> SgldOutput {
-    if let Some(out) = sgld_cpu_kernel(model, &start, target, params, rng) {
-        return out;
-    }
-    if params.precision != Precision::F32 {
-        tracing::warn!("bf16 chains need the CPU kernel of the CNN; these run in f32");
-    }
-    sgld_autodiff(model, start, target, params, rng)
-}
-
-/// [`sgld`] through burn's autodiff on any backend and model: the reference the CPU kernel
-/// of the CNN is tested against.
-///
-/// # Shapes
-/// `start: [b, c, h, w] -> samples [b, c, h, w]`
-pub fn sgld_autodiff(
-    model: &Classifier,
-    start: Tensor<4>,
-    target: &Target,
-    params: &SgldConfig,
-    rng: &mut Rng,
+    mut grad: impl FnMut(Tensor<4>) -> Tensor<4>,
 ) -> SgldOutput {
     let dims = start.dims();
     let device = start.device().inner();
@@ -156,7 +159,7 @@ pub fn sgld_autodiff(
     let mut noise = vec![0.0f32; numel];
     let mut last_grad: Option<Tensor<4>> = None;
     for _ in 0..params.steps {
-        let (g, _) = input_grad_autodiff(model, x.clone(), target); // [b, c, h, w]
+        let g = grad(x.clone()); // [b, c, h, w]
         let drift = match params.sampler {
             SamplerKind::Sgld => g.clone(),
             SamplerKind::Pyld => g.clone().clamp(-params.grad_clip, params.grad_clip),
@@ -187,32 +190,22 @@ pub fn sgld_autodiff(
     }
 }
 
-/// The same chains through [`crate::cnn_cpu`] when the model is the CNN on the CPU backend
-/// (`None` otherwise): identical updates and noise draws, gradients equal up to rounding.
-fn sgld_cpu_kernel(
-    model: &Classifier,
-    start: &Tensor<4>,
-    target: &Target,
+/// The same chains held on the host: `x` is `[b, c, h, w]` row-major with `per_image =
+/// c * h * w`, `grad(x)` the input gradient in the same layout. Returns the final chains and
+/// the mean gradient norm at the last step. The update and the noise draws are those of
+/// [`chains_tensor`].
+pub fn chains_host(
+    mut x: Vec<f32>,
+    per_image: usize,
     params: &SgldConfig,
     rng: &mut Rng,
-) -> Option<SgldOutput> {
-    if !crate::cnn_cpu::available(model) {
-        return None;
-    }
-    let mut kernel = crate::cnn_cpu::CnnKernel::with_precision(model, params.precision)?;
-    let dims = start.dims();
-    let [b, c, h, w] = dims;
-    let device = start.device();
-    let labels = crate::cnn_cpu::labels_of(target);
-    let host_target = match &labels {
-        None => crate::cnn_cpu::HostTarget::Marginal,
-        Some(ys) => crate::cnn_cpu::HostTarget::Joint(ys),
-    };
-    let mut x: Vec<f32> = start.clone().into_data().try_to_vec().ok()?;
+    mut grad: impl FnMut(&[f32]) -> Vec<f32>,
+) -> (Vec<f32>, f32) {
+    let b = x.len() / per_image.max(1);
     let mut noise = vec![0.0f32; x.len()];
     let mut grad_norm = 0.0;
     for step in 0..params.steps {
-        let (g, _) = kernel.input_grad(&x, b, [c, h, w], host_target);
+        let g = grad(&x);
         let (a, clip) = (params.step_size, params.grad_clip);
         match params.sampler {
             SamplerKind::Sgld => x.iter_mut().zip(&g).for_each(|(x, g)| *x += a * g),
@@ -229,16 +222,12 @@ fn sgld_cpu_kernel(
             x.iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
         }
         if step + 1 == params.steps {
-            let per = c * h * w;
             grad_norm = g
-                .chunks_exact(per)
+                .chunks_exact(per_image)
                 .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
                 .sum::<f32>()
                 / b as f32;
         }
     }
-    Some(SgldOutput {
-        samples: Tensor::<4>::from_data(TensorData::new(x, dims), &device.inner()),
-        grad_norm,
-    })
+    (x, grad_norm)
 }

@@ -1,8 +1,12 @@
-//! The training loop: epochs of [`iteration`]s, metrics, validation, divergence stop and
+//! The training loop: epochs of [`iteration`]s, metrics, validation, divergence recovery and
 //! atomic checkpoints that resume exactly.
+//!
+//! The loop only delegates: [`step::iteration`] computes a step, the
+//! [`DivergenceMonitor`] judges it and backs off, [`MetricsLog`] owns `metrics.jsonl`, the
+//! [`ScheduleConfig`](crate::schedule::ScheduleConfig) says what is due after each step, and
+//! [`checkpoint`] commits the files. The compute engine is chosen once, when the trainer is
+//! created or resumed.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -10,58 +14,23 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::ReplayBuffer;
-use crate::checkpoint::{self, CheckpointError, RunState, files, params_finite, save_model};
+use crate::checkpoint::{self, CheckpointError, RunState, files};
 use crate::config::{ConfigError, TrainConfig};
-use crate::data::{BatchSampler, Dataset, Split, load_split};
+use crate::data::{BatchSampler, Dataset};
+use crate::engine::Engine;
 use crate::eval::accuracy::accuracy;
 use crate::init::{ChainInit, ChainStart, ClassGaussians};
 use crate::loss::Objective;
-use crate::lsd::{CriticState, lsd_iteration};
+use crate::lsd::CriticState;
+pub use crate::metrics::{Divergence, EvalLine, LOSS_LIMIT, MetricsLog, RecoveryLine, StepMetrics};
 use crate::model::Classifier;
 use crate::optim::{OptimConfig, Optimizer};
+use crate::recovery::DivergenceMonitor;
 use crate::rng::Rng;
-pub use crate::step::{Divergence, LOSS_LIMIT, StepMetrics, iteration};
+use crate::step;
+pub use crate::step::{StepInputs, iteration};
+use crate::tensor_file::{params_finite, save_model};
 use crate::{Error, Result};
-
-/// A validation line of `metrics.jsonl`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EvalLine {
-    /// Always `"valid"`.
-    pub event: String,
-    /// Steps completed.
-    pub step: u64,
-    /// Epochs completed.
-    pub epoch: u64,
-    /// Validation accuracy.
-    pub valid_acc: f64,
-    /// Validation NLL.
-    pub valid_nll: f64,
-}
-
-/// A recovery line of `metrics.jsonl`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RecoveryLine {
-    /// Always `"recovery"`.
-    pub event: String,
-    /// The step rolled back to (the last checkpoint).
-    pub step: u64,
-    /// The step at which the divergence was seen.
-    pub flagged_step: u64,
-    /// What was flagged.
-    pub what: String,
-    /// Its value.
-    pub value: f64,
-    /// Recoveries so far in this run.
-    pub recoveries: u32,
-    /// Factor now applied to the learning rate.
-    pub lr_scale: f64,
-    /// Factor now applied to the SGLD step size.
-    pub sgld_step_scale: f32,
-    /// SGLD steps now added to the configured number.
-    pub extra_sgld_steps: usize,
-    /// Buffer chains restarted from noise because they held NaN or saturated values.
-    pub reinit_chains: usize,
-}
 
 /// Hooks for progress display; every method has an empty default.
 pub trait Observer {
@@ -97,6 +66,7 @@ pub struct Trainer {
     cfg: TrainConfig,
     dir: PathBuf,
     device: Device,
+    engine: Engine,
     model: Classifier,
     optim: Optimizer,
     buffer: Option<ReplayBuffer>,
@@ -108,6 +78,8 @@ pub struct Trainer {
     train: Dataset,
     valid: Dataset,
     sampler: BatchSampler,
+    log: MetricsLog,
+    monitor: DivergenceMonitor,
     last_checkpoint: u64,
     /// A checkpoint taken but not yet written: it is written once the next step's loss shows
     /// its weights healthy (a loss is measured with the weights before the step's update), so
@@ -165,7 +137,7 @@ fn load_checkpoint(
     let model = cfg
         .model
         .init(train.shape[0], cfg.model_outputs(train.num_classes), device);
-    let model = checkpoint::load_model(model, &dir.join(files::MODEL), Some(step))?;
+    let model = crate::tensor_file::load_model(model, &dir.join(files::MODEL), Some(step))?;
     let optim = Optimizer::load(
         &dir.join(files::OPTIM),
         step,
@@ -174,7 +146,7 @@ fn load_checkpoint(
     )?;
     let buffer = if cfg.loss.needs_sampling() {
         Some(
-            ReplayBuffer::load(
+            ReplayBuffer::load_for_training(
                 &dir.join(files::BUFFER),
                 step,
                 &cfg.buffer,
@@ -188,7 +160,11 @@ fn load_checkpoint(
     };
     let critic = match new_critic(cfg, train.shape[0], device) {
         Some(fresh) => Some(CriticState {
-            critic: checkpoint::load_model(fresh.critic, &dir.join(files::CRITIC), Some(step))?,
+            critic: crate::tensor_file::load_model(
+                fresh.critic,
+                &dir.join(files::CRITIC),
+                Some(step),
+            )?,
             optim: Optimizer::load(
                 &dir.join(files::CRITIC_OPTIM),
                 step,
@@ -220,10 +196,9 @@ fn chain_start(cfg: &TrainConfig, train: &Dataset, device: &Device) -> Result<Ch
     Ok(ChainStart::Gaussians(std::sync::Arc::new(g)))
 }
 
+/// The run's training and validation splits, checked against the batch size.
 fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
-    let d = &cfg.data;
-    let all = crate::data::load_files(d.dataset, d.dir.as_deref(), false)?;
-    let (train, valid) = all.split_valid(d.n_valid, cfg.seed)?;
+    let (train, valid) = cfg.data.load_train_valid(cfg.seed)?;
     if train.len() < cfg.schedule.batch_size {
         return Err(ConfigError::field(
             "schedule.batch_size",
@@ -238,23 +213,20 @@ fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
     Ok((train, valid))
 }
 
-/// Load the test or validation split of a run's data set.
-pub fn load_eval_split(cfg: &TrainConfig, split: Split) -> Result<Dataset> {
-    let d = &cfg.data;
-    Ok(load_split(
-        d.dataset,
-        d.dir.as_deref(),
-        split,
-        d.n_valid,
-        cfg.seed,
-    )?)
+/// The engine a run's config asks for on `device`, with its chains' precision checked.
+fn engine_for(cfg: &TrainConfig, device: &Device) -> Result<Engine> {
+    let engine = Engine::for_config(&cfg.model, device);
+    if cfg.loss.needs_sampling() {
+        engine.check_chains(cfg.sgld.precision)?;
+    }
+    Ok(engine)
 }
 
 impl Trainer {
     /// Start a new run in `dir` (created; it must not hold files yet).
     pub fn create(cfg: TrainConfig, dir: &Path, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        crate::cnn_cpu::check_precision(cfg.sgld.precision, device)?;
+        let engine = engine_for(&cfg, device)?;
         if dir.exists()
             && std::fs::read_dir(dir)
                 .map_err(|e| Error::io(dir, e))?
@@ -266,9 +238,9 @@ impl Trainer {
         let (train, valid) = load_data(&cfg)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let device = device.clone().autodiff();
-        // Seed and draw the initial weights under one lock (see `crate::rng_lock`).
+        // Seed and draw the initial weights under one lock (see `crate::rng::rng_lock`).
         let (model, critic) = {
-            let _guard = crate::rng_lock();
+            let _guard = crate::rng::rng_lock();
             device.seed(cfg.seed);
             let model = cfg.model.init_unlocked(
                 train.shape[0],
@@ -292,15 +264,16 @@ impl Trainer {
                 &mut rng,
             )
         });
-        checkpoint::write_atomic(&dir.join(files::CONFIG), cfg.to_toml().as_bytes())?;
-        std::fs::File::create(dir.join(files::METRICS))
-            .map_err(|e| Error::io(dir.join(files::METRICS), e))?;
+        crate::tensor_file::write_atomic(&dir.join(files::CONFIG), cfg.to_toml().as_bytes())?;
+        let log = MetricsLog::create(&dir.join(files::METRICS))?;
         let sampler = BatchSampler::new(train.len(), cfg.schedule.batch_size, cfg.seed);
         let mut t = Trainer {
             optim: Optimizer::new(&cfg.optim),
+            monitor: DivergenceMonitor::new(cfg.recovery.clone()),
             cfg,
             dir: dir.to_path_buf(),
             device,
+            engine,
             model,
             buffer,
             start,
@@ -309,64 +282,64 @@ impl Trainer {
             train,
             valid,
             sampler,
+            log,
             last_checkpoint: 0,
             pending: None,
         };
         t.checkpoint()?;
-        tracing::info!(dir = %t.dir.display(), "created run");
+        tracing::info!(dir = %t.dir.display(), engine = engine.name(), "created run");
         Ok(t)
     }
 
-    /// Continue the run in `dir` from its last checkpoint. `adjust` may change how long it
-    /// runs and how it logs (or the optimiser and sampler settings); data, model, buffer
-    /// layout, batch size and seed are fixed for the life of a run.
+    /// Continue the run in `dir` from its last checkpoint. `adjust` may change the fields
+    /// listed in [`crate::config::RESUME_MAY_CHANGE`] (how long it runs and how it logs, the
+    /// optimiser's settings, the sampler, the divergence watch, the augmentation); a change
+    /// to any other field is an error naming it.
     pub fn resume(
         dir: &Path,
         device: &Device,
         adjust: impl FnOnce(&mut TrainConfig),
     ) -> Result<Self> {
-        let cfg_path = dir.join(files::CONFIG);
-        let saved = checkpoint::load_config(dir)?;
+        let saved = TrainConfig::load_run(dir)?;
         let mut cfg = saved.clone();
         adjust(&mut cfg);
         cfg.validate()?;
-        crate::cnn_cpu::check_precision(cfg.sgld.precision, device)?;
-        for (field, same) in [
-            ("data", cfg.data == saved.data),
-            ("model", cfg.model == saved.model),
-            ("buffer", cfg.buffer == saved.buffer),
-            ("loss", cfg.loss == saved.loss),
-            (
-                "schedule.batch_size",
-                cfg.schedule.batch_size == saved.schedule.batch_size,
-            ),
-            ("seed", cfg.seed == saved.seed),
-        ] {
-            if !same {
-                return Err(ConfigError::field(field, "cannot change when resuming a run").into());
-            }
-        }
-        let state = checkpoint::recover(dir)?;
+        cfg.check_resume(&saved)?;
+        let engine = engine_for(&cfg, device)?;
+        let mut state = checkpoint::settle(dir)?;
         let (train, valid) = load_data(&cfg)?;
         let device = device.clone().autodiff();
         let start = chain_start(&cfg, &train, &device)?;
         let Loaded {
             model,
             optim,
-            buffer,
+            mut buffer,
             critic,
         } = load_checkpoint(&cfg, dir, &device, state.step, &train, &start)?;
-        truncate_metrics(&dir.join(files::METRICS), state.step)?;
+        let mut log = MetricsLog::open(&dir.join(files::METRICS))?;
+        log.truncate_after(state.step)?;
+        if let Some(b) = buffer.as_mut().filter(|b| b.non_finite_chains() > 0) {
+            let n = b.reinit_broken(cfg.recovery.chain_saturation, &mut state.rng);
+            let event = repair_line(&state, n);
+            tracing::warn!(
+                chains = n,
+                "{}: restarted chains holding NaN or infinite values",
+                dir.join(files::BUFFER).display()
+            );
+            log.write(&event)?;
+        }
         if cfg != saved {
-            checkpoint::write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
+            crate::tensor_file::write_atomic(&dir.join(files::CONFIG), cfg.to_toml().as_bytes())?;
         }
         let sampler = BatchSampler::new(train.len(), cfg.schedule.batch_size, cfg.seed);
-        tracing::info!(dir = %dir.display(), step = state.step, "resuming run");
+        tracing::info!(dir = %dir.display(), step = state.step, engine = engine.name(), "resuming run");
         Ok(Trainer {
             last_checkpoint: state.step,
+            monitor: DivergenceMonitor::new(cfg.recovery.clone()),
             cfg,
             dir: dir.to_path_buf(),
             device,
+            engine,
             model,
             optim,
             buffer,
@@ -376,6 +349,7 @@ impl Trainer {
             train,
             valid,
             sampler,
+            log,
             pending: None,
         })
     }
@@ -390,6 +364,11 @@ impl Trainer {
         &self.model
     }
 
+    /// The compute engine of the run.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
     /// Steps completed.
     pub fn step(&self) -> u64 {
         self.state.step
@@ -402,18 +381,23 @@ impl Trainer {
 
     /// Total steps of the run: `epochs * steps_per_epoch`, bounded by `max_steps`.
     pub fn total_steps(&self) -> u64 {
-        let by_epochs = self.cfg.schedule.epochs * self.steps_per_epoch();
-        self.cfg
-            .schedule
-            .max_steps
-            .map_or(by_epochs, |m| m.min(by_epochs))
+        self.cfg.schedule.total_steps(self.steps_per_epoch())
     }
 
     /// Write a checkpoint of the current state (model, optimiser, buffer, then `state.json`).
     pub fn checkpoint(&mut self) -> Result<()> {
         self.pending = None;
         let snap = self.snapshot();
-        self.write(&snap)
+        match self.commit(&snap)? {
+            None => Ok(()),
+            Some(d) => Err(Error::Diverged {
+                step: snap.state.step,
+                what: d.what,
+                value: d.value,
+                last_checkpoint: self.last_checkpoint,
+                run_dir: self.dir.clone(),
+            }),
+        }
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -426,19 +410,18 @@ impl Trainer {
         }
     }
 
-    fn write(&mut self, snap: &Snapshot) -> Result<()> {
+    /// Write `snap` as the run's checkpoint, or return the divergence that forbids it (a
+    /// non-finite weight never reaches a saved model).
+    fn commit(&mut self, snap: &Snapshot) -> Result<Option<Divergence>> {
         let step = snap.state.step;
         if !params_finite(&snap.model) {
-            return Err(Error::Diverged {
-                step,
+            return Ok(Some(Divergence {
                 what: "model parameters".into(),
                 value: f64::NAN,
-                last_checkpoint: self.last_checkpoint,
-                run_dir: self.dir.clone(),
-            });
+            }));
         }
         // Stage every file, commit by writing state.json, then move the staged files into
-        // place: a crash at any point leaves one complete checkpoint (see `checkpoint::recover`).
+        // place: a crash at any point leaves one complete checkpoint (see `checkpoint::settle`).
         let staged = |name| checkpoint::staged(&self.dir.join(name));
         save_model(&snap.model, &staged(files::MODEL), step)?;
         snap.optim.save(&staged(files::OPTIM), step)?;
@@ -450,9 +433,23 @@ impl Trainer {
             c.optim.save(&staged(files::CRITIC_OPTIM), step)?;
         }
         checkpoint::save_state(&self.dir, &snap.state)?;
-        checkpoint::recover(&self.dir)?;
+        checkpoint::settle(&self.dir)?;
         self.last_checkpoint = step;
-        Ok(())
+        Ok(None)
+    }
+
+    /// [`Trainer::commit`], telling the observer, or rolling back if the weights diverged.
+    fn commit_or_roll_back(&mut self, snap: Snapshot, obs: &mut dyn Observer) -> Result<bool> {
+        match self.commit(&snap)? {
+            None => {
+                obs.on_checkpoint(snap.state.step);
+                Ok(true)
+            }
+            Some(d) => {
+                self.roll_back(snap.state.step, d, obs)?;
+                Ok(false)
+            }
+        }
     }
 
     /// The config with the recovery back-off applied to the sampler.
@@ -463,109 +460,57 @@ impl Trainer {
         cfg
     }
 
-    /// Flag a finished step whose numbers show a run about to be lost.
-    fn watch(&self, m: &StepMetrics) -> Option<Divergence> {
-        let r = &self.cfg.recovery;
-        let recent = &self.state.recent_losses;
-        if recent.len() >= 5 {
-            let mut sorted = recent.clone();
-            sorted.sort_by(f64::total_cmp);
-            let median = sorted[sorted.len() / 2];
-            if m.loss.abs() > r.loss_spike_factor * (1.0 + median) {
-                return Some(Divergence {
-                    what: format!("loss spike (recent median |loss| {median:.4})"),
-                    value: m.loss,
-                });
-            }
-        }
-        if !m.lse_data.is_finite() || m.lse_data.abs() > r.max_abs_energy {
-            return Some(Divergence {
-                what: "data energy |mean lse(data)|".into(),
-                value: m.lse_data,
-            });
-        }
-        if let Some(s) = m.lse_sample {
-            let gap = (m.lse_data - s).abs();
-            if !gap.is_finite() || gap > r.max_energy_gap {
-                return Some(Divergence {
-                    what: "energy gap |lse(data) - lse(samples)|".into(),
-                    value: gap,
-                });
-            }
-        }
-        match m.sgld_grad_norm {
-            Some(g) if !g.is_finite() || g > r.max_sgld_grad_norm => Some(Divergence {
-                what: "SGLD input-gradient norm".into(),
-                value: g,
-            }),
-            _ => None,
-        }
-    }
-
-    /// Roll back to the last checkpoint and back off, or give up after
-    /// `recovery.max_recoveries` recoveries.
-    fn recover(
+    /// Roll back to the last checkpoint and back off after the divergence `d` seen at
+    /// `flagged_step`, or give up after `recovery.max_recoveries` recoveries.
+    fn roll_back(
         &mut self,
-        step: u64,
-        what: String,
-        value: f64,
-        metrics: &Path,
+        flagged_step: u64,
+        d: Divergence,
         obs: &mut dyn Observer,
     ) -> Result<()> {
-        let r = self.cfg.recovery.clone();
-        if self.state.recoveries >= r.max_recoveries {
+        if self.monitor.exhausted(&self.state) {
             return Err(Error::Diverged {
-                step,
-                what: format!("{what} (after {} recoveries)", self.state.recoveries),
-                value,
+                step: flagged_step,
+                what: format!("{} (after {} recoveries)", d.what, self.state.recoveries),
+                value: d.value,
                 last_checkpoint: self.last_checkpoint,
                 run_dir: self.dir.clone(),
             });
         }
-        let state = checkpoint::recover(&self.dir)?;
+        let restored = checkpoint::settle(&self.dir)?;
         let loaded = load_checkpoint(
             &self.cfg,
             &self.dir,
             &self.device,
-            state.step,
+            restored.step,
             &self.train,
             &self.start,
         )?;
-        let back = RunState {
-            recoveries: self.state.recoveries + 1,
-            lr_scale: self.state.lr_scale * r.lr_factor,
-            sgld_scale: self.state.sgld_scale * r.sgld_step_factor,
-            extra_sgld_steps: self.state.extra_sgld_steps + r.extra_sgld_steps,
-            ..state
-        };
+        self.state = self.monitor.back_off(&self.state, restored);
         (self.model, self.optim, self.buffer, self.critic) =
             (loaded.model, loaded.optim, loaded.buffer, loaded.critic);
-        self.state = back;
         // Chains that hold NaN or saturated values would diverge again: restart them.
+        let saturation = self.monitor.config().chain_saturation;
         let reinit_chains = match self.buffer.as_mut() {
-            Some(b) => b.reinit_broken(r.chain_saturation, &mut self.state.rng),
+            Some(b) => b.reinit_broken(saturation, &mut self.state.rng),
             None => 0,
         };
-        truncate_metrics(metrics, self.state.step)?;
+        self.log.truncate_after(self.state.step)?;
+        let s = &self.state;
         let event = RecoveryLine {
             event: "recovery".into(),
-            step: self.state.step,
-            flagged_step: step,
-            what,
-            value,
-            recoveries: self.state.recoveries,
-            lr_scale: self.state.lr_scale,
-            sgld_step_scale: self.state.sgld_scale,
-            extra_sgld_steps: self.state.extra_sgld_steps,
+            step: s.step,
+            flagged_step,
+            what: d.what,
+            value: d.value,
+            recoveries: s.recoveries,
+            lr_scale: s.lr_scale,
+            sgld_step_scale: s.sgld_scale,
+            extra_sgld_steps: s.extra_sgld_steps,
             reinit_chains,
         };
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(metrics)
-            .map_err(|e| Error::io(metrics, e))?;
-        write_line(&mut f, metrics, &event)?;
-        tracing::warn!(step, what = %event.what, value, "divergence: rolled back to step {} and backed off", self.state.step);
+        self.log.write(&event)?;
+        tracing::warn!(step = flagged_step, what = %event.what, value = d.value, "divergence: rolled back to step {} and backed off", s.step);
         obs.on_recovery(&event);
         Ok(())
     }
@@ -573,185 +518,145 @@ impl Trainer {
     /// Train until [`Trainer::total_steps`], checkpointing on the way.
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<Summary> {
         let total = self.total_steps();
-        let per_epoch = self.steps_per_epoch();
         obs.on_start(self.state.step, total);
-        let metrics_path = self.dir.join(files::METRICS);
-        let open_metrics = || {
-            OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&metrics_path)
-                .map_err(|e| Error::io(&metrics_path, e))
-        };
-        let mut metrics = open_metrics()?;
         let mut summary = Summary {
             step: self.state.step,
             last: None,
             valid: None,
         };
-        let shape = self.train.shape;
-        let num_classes = self.train.num_classes;
         while self.state.step < total {
-            let t0 = Instant::now();
-            let step = self.state.step;
-            // Burn's own generator (dropout masks) is re-seeded from (seed, step), so that it
-            // too is a function of the step and a resumed run draws the same masks.
-            self.device
-                .seed(self.cfg.seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let (indices, epoch) = self.sampler.indices(step);
-            let batch = self
-                .train
-                .batch(indices, &self.cfg.data.augment, &mut self.state.rng);
-            let lr = self.cfg.optim.lr_at(step, epoch) * self.state.lr_scale;
-            let cfg = self.effective_config();
-            let model = self.model.clone();
-            let out = match self.critic.as_mut() {
-                Some(critic) => lsd_iteration(
-                    &cfg,
-                    model,
-                    &mut self.optim,
-                    critic,
-                    &batch,
-                    shape,
-                    num_classes,
-                    lr,
-                    cfg.loss.lsd.critic_lr * self.state.lr_scale,
-                    &mut self.state.rng,
-                    &self.device,
-                ),
-                None => iteration(
-                    &cfg,
-                    model,
-                    &mut self.optim,
-                    self.buffer.as_mut(),
-                    &batch,
-                    shape,
-                    num_classes,
-                    lr,
-                    &mut self.state.rng,
-                    &self.device,
-                ),
-            };
-            let flagged = match &out {
-                Ok((_, m)) => self.watch(m),
-                Err(d) => Some(d.clone()),
-            };
-            if let Some(Divergence { what, value }) = flagged {
-                self.recover(step + 1, what, value, &metrics_path, obs)?;
-                metrics = open_metrics()?;
-                continue;
-            }
-            if let Some(snap) = self.pending.take() {
-                match self.write(&snap) {
-                    Ok(()) => obs.on_checkpoint(snap.state.step),
-                    Err(Error::Diverged {
-                        step, what, value, ..
-                    }) => {
-                        self.recover(step, what, value, &metrics_path, obs)?;
-                        metrics = open_metrics()?;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let mut m = match out {
-                Ok((model, m)) => {
-                    self.model = model;
-                    let recent = &mut self.state.recent_losses;
-                    recent.push(m.loss.abs());
-                    if recent.len() > 50 {
-                        recent.remove(0);
-                    }
-                    m
-                }
-                Err(_) => unreachable!("a divergence is handled above"),
-            };
-            self.state.step += 1;
-            self.state.elapsed_s += t0.elapsed().as_secs_f64();
-            m.step = self.state.step;
-            m.epoch = epoch;
-            let end_of_epoch = self.state.step.is_multiple_of(per_epoch);
-            let last = self.state.step == total;
-            if self.state.step.is_multiple_of(self.cfg.schedule.log_every) || last {
-                write_line(&mut metrics, &metrics_path, &m)?;
-            }
-            obs.on_step(&m);
-            summary.last = Some(m);
-            let classifies = self.cfg.model_outputs(num_classes) > 1;
-            if end_of_epoch && self.cfg.schedule.eval_valid && classifies && !self.valid.is_empty()
-            {
-                let r = accuracy(
-                    &self.model,
-                    &self.valid,
-                    256,
-                    None,
-                    &mut Rng::new(self.cfg.seed, 2),
-                )?;
-                let e = EvalLine {
-                    event: "valid".into(),
-                    step: self.state.step,
-                    epoch: epoch + 1,
-                    valid_acc: r.accuracy,
-                    valid_nll: r.nll,
-                };
-                write_line(&mut metrics, &metrics_path, &e)?;
-                obs.on_eval(&e);
-                summary.valid = Some(e);
-            }
-            if self
-                .state
-                .step
-                .is_multiple_of(self.cfg.schedule.checkpoint_every)
-                || end_of_epoch
-                || last
-            {
-                if last {
-                    match self.checkpoint() {
-                        Ok(()) => obs.on_checkpoint(self.state.step),
-                        Err(Error::Diverged {
-                            step, what, value, ..
-                        }) => {
-                            self.recover(step, what, value, &metrics_path, obs)?;
-                            metrics = open_metrics()?;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                } else {
-                    self.pending = Some(self.snapshot());
-                }
-            }
+            self.train_step(total, obs, &mut summary)?;
         }
         summary.step = self.state.step;
         Ok(summary)
     }
-}
 
-fn write_line<T: Serialize>(f: &mut std::fs::File, path: &Path, v: &T) -> Result<()> {
-    let mut line = serde_json::to_string(v).expect("metrics serialise");
-    line.push('\n');
-    f.write_all(line.as_bytes())
-        .map_err(|e| Error::io(path, e))?;
-    f.flush().map_err(|e| Error::io(path, e))
-}
-
-/// Drop the lines of `metrics.jsonl` logged after `step` (they belong to work a resumed run
-/// repeats), keeping the file atomic.
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if kept.len() != text.len() {
-        checkpoint::write_atomic(path, kept.as_bytes())?;
+    /// One step: compute it, judge it, then commit the pending checkpoint and keep the step,
+    /// or roll back.
+    fn train_step(
+        &mut self,
+        total: u64,
+        obs: &mut dyn Observer,
+        summary: &mut Summary,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let step = self.state.step;
+        // Burn's own generator (dropout masks) is re-seeded from (seed, step), so that it
+        // too is a function of the step and a resumed run draws the same masks.
+        self.device
+            .seed(self.cfg.seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let (indices, epoch) = self.sampler.indices(step);
+        let batch = self
+            .train
+            .batch(indices, &self.cfg.data.augment, &mut self.state.rng);
+        let scale = self.state.lr_scale;
+        let cfg = self.effective_config();
+        let inputs = StepInputs {
+            cfg: &cfg,
+            engine: self.engine,
+            batch: &batch,
+            shape: self.train.shape,
+            num_classes: self.train.num_classes,
+            lr: self.cfg.optim.lr_at(step, epoch) * scale,
+            critic_lr: cfg.loss.lsd.critic_lr * scale,
+            optim: &mut self.optim,
+            buffer: self.buffer.as_mut(),
+            critic: self.critic.as_mut(),
+            rng: &mut self.state.rng,
+            device: &self.device,
+        };
+        let out = step::iteration(self.model.clone(), inputs);
+        let flagged = match &out {
+            Ok((_, m)) => self.monitor.watch(m, &self.state),
+            Err(d) => Some(d.clone()),
+        };
+        let (model, mut m) = match (out, flagged) {
+            (Ok(kept), None) => kept,
+            (_, Some(d)) => return self.roll_back(step + 1, d, obs),
+            (Err(_), None) => unreachable!("an error is always flagged"),
+        };
+        if let Some(snap) = self.pending.take()
+            && !self.commit_or_roll_back(snap, obs)?
+        {
+            return Ok(());
+        }
+        self.model = model;
+        self.monitor.record(&mut self.state, m.loss);
+        self.state.step += 1;
+        self.state.elapsed_s += t0.elapsed().as_secs_f64();
+        m.step = self.state.step;
+        m.epoch = epoch;
+        self.after_step(m, epoch, total, obs, summary)
     }
-    Ok(())
+
+    /// What is due once a step is kept: its metrics line, validation, a checkpoint.
+    fn after_step(
+        &mut self,
+        m: StepMetrics,
+        epoch: u64,
+        total: u64,
+        obs: &mut dyn Observer,
+        summary: &mut Summary,
+    ) -> Result<()> {
+        let due = self
+            .cfg
+            .schedule
+            .after(self.state.step, total, self.steps_per_epoch());
+        if due.log {
+            self.log.write(&m)?;
+        }
+        obs.on_step(&m);
+        summary.last = Some(m);
+        let classifies = self.cfg.model_outputs(self.train.num_classes) > 1;
+        if due.validate && classifies && !self.valid.is_empty() {
+            let e = self.validate(epoch)?;
+            self.log.write(&e)?;
+            obs.on_eval(&e);
+            summary.valid = Some(e);
+        }
+        if due.checkpoint {
+            if due.last {
+                self.commit_or_roll_back(self.snapshot(), obs)?;
+            } else {
+                self.pending = Some(self.snapshot());
+            }
+        }
+        Ok(())
+    }
+
+    /// Accuracy and NLL on the validation split after `epoch`.
+    fn validate(&self, epoch: u64) -> Result<EvalLine> {
+        let r = accuracy(
+            self.engine,
+            &self.model,
+            &self.valid,
+            256,
+            None,
+            &mut Rng::new(self.cfg.seed, 2),
+        )?;
+        Ok(EvalLine {
+            event: "valid".into(),
+            step: self.state.step,
+            epoch: epoch + 1,
+            valid_acc: r.accuracy,
+            valid_nll: r.nll,
+        })
+    }
+}
+
+/// The recovery line of chains restarted when a run is resumed because its saved buffer
+/// held NaN or infinite values (no back-off: the repair is the restart).
+fn repair_line(state: &RunState, reinit_chains: usize) -> RecoveryLine {
+    RecoveryLine {
+        event: "recovery".into(),
+        step: state.step,
+        flagged_step: state.step,
+        what: format!("non-finite chains in {}", files::BUFFER),
+        value: reinit_chains as f64,
+        recoveries: state.recoveries,
+        lr_scale: state.lr_scale,
+        sgld_step_scale: state.sgld_scale,
+        extra_sgld_steps: state.extra_sgld_steps,
+        reinit_chains,
+    }
 }

@@ -2,11 +2,12 @@
 //! inputs: input gradients, target values and whole SGLD chains agree to 1e-4.
 
 use burn::prelude::*;
+use jem::Engine;
 use jem::cnn_cpu::{CnnKernel, HostTarget, Precision, available};
-use jem::energy::{Target, input_grad, input_grad_autodiff, one_hot};
+use jem::energy::{Target, input_grad, one_hot};
 use jem::model::ModelConfig;
 use jem::rng::Rng;
-use jem::sgld::{SgldConfig, sgld, sgld_autodiff};
+use jem::sgld::SgldConfig;
 
 fn init(model: &ModelConfig, channels: usize, outputs: usize, seed: u64) -> jem::model::Classifier {
     model.init_seeded(channels, outputs, &Device::flex().autodiff(), seed)
@@ -39,8 +40,8 @@ fn check(widths: Vec<usize>, shape: [usize; 3], b: usize, seed: u64) {
         } else {
             Target::Marginal
         };
-        let (g_ref, v_ref) = input_grad_autodiff(&model, xt.clone(), &target);
-        let (g_disp, _) = input_grad(&model, xt.clone(), &target);
+        let (g_ref, v_ref) = input_grad(&model, xt.clone(), &target);
+        let (g_disp, _) = Engine::for_model(&model).input_grad(&model, xt.clone(), &target);
         let g_disp: Vec<f32> = g_disp.into_data().try_to_vec().unwrap();
         let g_ref: Vec<f32> = g_ref.into_data().try_to_vec().unwrap();
         let v_ref: Vec<f32> = v_ref.into_data().try_to_vec().unwrap();
@@ -85,14 +86,14 @@ fn sgld_chains_through_the_kernel_equal_the_autodiff_chains() {
     Rng::new(5, 0).fill_uniform(&mut x, -1.0, 1.0);
     let start = Tensor::<4>::from_data(TensorData::new(x, [8, 1, 28, 28]), &Device::flex());
     for params in [SgldConfig::default(), SgldConfig::jem_pp()] {
-        let a = sgld(
+        let a = Engine::for_model(&model).sgld(
             &model,
             start.clone(),
             &Target::Marginal,
             &params,
             &mut Rng::new(6, 0),
         );
-        let b = sgld_autodiff(
+        let b = Engine::Autodiff.sgld(
             &model,
             start.clone(),
             &Target::Marginal,
@@ -166,7 +167,7 @@ fn kernel_step_equals_autodiff_step(cfg: jem::config::TrainConfig) {
     use jem::buffer::ReplayBuffer;
     use jem::data::Batch;
     use jem::optim::Optimizer;
-    use jem::step::{iteration, iteration_autodiff};
+    use jem::step::{StepInputs, iteration};
     let d = Device::flex().autodiff();
     let model = init(&cfg.model, 1, cfg.model_outputs(10), 11);
     let mut x = vec![0.0f32; 16 * 784];
@@ -193,27 +194,30 @@ fn kernel_step_equals_autodiff_step(cfg: jem::config::TrainConfig) {
         let mut opt = Optimizer::new(&cfg.optim);
         let mut buf = buffer.clone();
         let mut rng = Rng::new(14, 0);
-        let f = if kernel {
-            iteration
+        let engine = if kernel {
+            Engine::for_model(&model)
         } else {
-            iteration_autodiff
+            Engine::Autodiff
         };
-        let (m, metrics) = f(
-            &cfg,
-            model.clone(),
-            &mut opt,
-            Some(&mut buf),
-            &batch,
-            [1, 28, 28],
-            10,
+        let inputs = StepInputs {
+            cfg: &cfg,
+            engine,
+            batch: &batch,
+            shape: [1, 28, 28],
+            num_classes: 10,
             // Large enough that the update is far above the f32 rounding of the weights it
             // is read back from (with 1e-3 the cancellation alone is about 1e-3 relative).
-            1.0,
-            &mut rng,
-            &d,
-        )
-        .map_err(|e| e.what)
-        .unwrap();
+            lr: 1.0,
+            critic_lr: 0.0,
+            optim: &mut opt,
+            buffer: Some(&mut buf),
+            critic: None,
+            rng: &mut rng,
+            device: &d,
+        };
+        let (m, metrics) = iteration(model.clone(), inputs)
+            .map_err(|e| e.what)
+            .unwrap();
         let delta: Vec<f32> = flat(&m).iter().zip(&p0).map(|(a, b)| a - b).collect();
         (delta, metrics)
     };
@@ -274,11 +278,18 @@ fn ood_scores_through_the_kernel_equal_autodiff() {
     let mut x = vec![0.0f32; b * 784];
     Rng::new(16, 0).fill_uniform(&mut x, -1.0, 1.0);
     let scores = [Score::Logp, Score::Py, Score::Pxgrad, Score::EnergyT(2.0)];
-    let got = score_images(&model, &x, [1, 28, 28], &scores, 4);
+    let got = score_images(
+        Engine::for_model(&model),
+        &model,
+        &x,
+        [1, 28, 28],
+        &scores,
+        4,
+    );
     let xt = Tensor::<4>::from_data(TensorData::new(x, [b, 1, 28, 28]), &Device::flex());
     let logits = model.valid().forward(xt.clone());
     let f = |t: Tensor<1>| -> Vec<f32> { t.into_data().try_to_vec().unwrap() };
-    let (g, _) = input_grad_autodiff(&model, xt, &Target::Marginal);
+    let (g, _) = input_grad(&model, xt, &Target::Marginal);
     let want: Vec<Vec<f32>> = vec![
         f(logsumexp(logits.clone())),
         f(burn::tensor::activation::softmax(logits.clone(), 1)
@@ -306,7 +317,7 @@ fn ood_scores_through_the_kernel_equal_autodiff() {
 /// (with the slopes held exact, as in `mixed-bf16`, the products alone stay under 1e-2).
 #[test]
 fn the_bf16_kernels_are_close_to_autodiff() {
-    if !Precision::Bf16.supported() {
+    if !jem::cnn_cpu::supports(Precision::Bf16) {
         eprintln!("this CPU has no AVX512-BF16: the bf16 kernel cannot run here");
         return;
     }
@@ -327,7 +338,7 @@ fn the_bf16_kernels_are_close_to_autodiff() {
         Rng::new(seed, 1).fill_uniform(&mut x, -1.0, 1.0);
         let [c, h, w] = shape;
         let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, c, h, w]), &Device::flex());
-        let (g_ref, v_ref) = input_grad_autodiff(&model, xt, &Target::Marginal);
+        let (g_ref, v_ref) = input_grad(&model, xt, &Target::Marginal);
         let g_ref: Vec<f32> = g_ref.into_data().try_to_vec().unwrap();
         let v_ref: Vec<f32> = v_ref.into_data().try_to_vec().unwrap();
         let (g32, _) =
@@ -366,7 +377,7 @@ fn the_bf16_kernels_are_close_to_autodiff() {
 /// bf16 chains climb `lse f(x)` as the f32 chains do: same noise, final samples close.
 #[test]
 fn bf16_sgld_chains_follow_the_f32_chains() {
-    if !Precision::Bf16.supported() {
+    if !jem::cnn_cpu::supports(Precision::Bf16) {
         eprintln!("this CPU has no AVX512-BF16: the bf16 kernel cannot run here");
         return;
     }
@@ -380,7 +391,7 @@ fn bf16_sgld_chains_follow_the_f32_chains() {
             precision,
             ..SgldConfig::default()
         };
-        let out = sgld(
+        let out = Engine::for_model(&model).sgld(
             &model,
             start.clone(),
             &Target::Marginal,
@@ -410,7 +421,7 @@ fn kernel_results_do_not_depend_on_the_thread_count() {
         let mut x = vec![0.0f32; b * 784];
         Rng::new(31, b as u64).fill_uniform(&mut x, -1.0, 1.0);
         let mut precisions = vec![Precision::F32];
-        if Precision::Bf16.supported() {
+        if jem::cnn_cpu::supports(Precision::Bf16) {
             precisions.push(Precision::Bf16);
         }
         for precision in precisions {

@@ -1,7 +1,8 @@
 //! logsumexp and input gradients against exact values and finite differences.
 
 use burn::prelude::*;
-use jem::energy::{Target, input_grad, log_pxy, logsumexp, one_hot};
+use jem::Engine;
+use jem::energy::{Target, log_pxy, logsumexp, one_hot};
 use jem::model::ModelConfig;
 use jem::rng::Rng;
 
@@ -65,7 +66,7 @@ fn check_input_grad(
     let mut x = vec![0.0f32; 2 * 28 * 28];
     rng.fill_uniform(&mut x, -1.0, 1.0);
     let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [2, 1, 28, 28]), &inner);
-    let (g, _) = input_grad(&model, xt, &target_of(&inner));
+    let (g, _) = Engine::for_model(&model).input_grad(&model, xt, &target_of(&inner));
     let g: Vec<f32> = g.into_data().try_to_vec::<f32>().unwrap();
     let plain = model.valid();
     let f = |v: &[f32]| -> f64 {

@@ -1,6 +1,7 @@
 //! Calibration and OOD evaluations on a small trained model and generated sets.
 
 use burn::prelude::*;
+use jem::Engine;
 use jem::data::{Dataset, DatasetKind};
 use jem::eval::calibration::evaluate_calibration;
 use jem::eval::ood::{OodSet, Score, evaluate_ood, ood_images, score_images};
@@ -60,13 +61,14 @@ fn generated_sets_are_what_they_claim() {
 fn a_trained_model_is_calibrated_somewhat_and_tells_noise_from_data() {
     let (tr, te) = synthetic();
     let model = trained(&tr);
-    let c = evaluate_calibration(&model, &te, 20, 64).unwrap();
+    let c = evaluate_calibration(Engine::for_model(&model), &model, &te, 20, 64).unwrap();
     assert!(c.accuracy > 0.6, "accuracy {}", c.accuracy);
     assert!((0.0..=1.0).contains(&c.ece) && c.mce >= c.ece);
     assert_eq!(c.bins.iter().map(|b| b.count).sum::<usize>(), te.len());
 
     let scores = [Score::Logp, Score::Py, Score::Pxgrad, Score::EnergyT(1.0)];
     let report = evaluate_ood(
+        Engine::for_model(&model),
         &model,
         &te,
         &[OodSet::Uniform, OodSet::Invert],
@@ -110,6 +112,7 @@ fn a_trained_model_is_calibrated_somewhat_and_tells_noise_from_data() {
 
     // pxgrad is minus the input-gradient norm, whose square sums the per-pixel squares.
     let s = score_images(
+        Engine::for_model(&model),
         &model,
         &te.images[..2 * 784],
         [1, 28, 28],
@@ -185,7 +188,13 @@ mod attack {
             TensorData::new(te.images[..4 * 784].to_vec(), [4, 1, 28, 28]),
             &Device::flex(),
         );
-        let p = vals4(defended_probs(&model, &x, &plain(), &mut Rng::new(0, 0)));
+        let p = vals4(defended_probs(
+            Engine::for_model(&model),
+            &model,
+            &x,
+            &plain(),
+            &mut Rng::new(0, 0),
+        ));
         let q = vals4(burn::tensor::activation::softmax(
             model.valid().forward(x.clone()),
             1,
@@ -194,6 +203,7 @@ mod attack {
         // The attack gradient against finite differences of the summed cross-entropy.
         let ys: Vec<usize> = te.labels[..4].iter().map(|&y| y as usize).collect();
         let g = vals(loss_grad(
+            Engine::for_model(&model),
             &model,
             &x,
             &ys,
@@ -240,15 +250,31 @@ mod attack {
         let model = trained(&tr);
         let idx: Vec<usize> = (0..60).collect();
         let te = te.subset(&idx);
-        let clean = accuracy(&model, &te, 64, None, &mut Rng::new(0, 0))
-            .unwrap()
-            .accuracy;
+        let clean = accuracy(
+            Engine::for_model(&model),
+            &model,
+            &te,
+            64,
+            None,
+            &mut Rng::new(0, 0),
+        )
+        .unwrap()
+        .accuracy;
         let cfg = AttackConfig {
             eps: vec![0.0, 0.01, 0.3],
             steps: 10,
             ..AttackConfig::default()
         };
-        let r = attack(&model, &te, &cfg, &plain(), 32, &mut Rng::new(1, 0)).unwrap();
+        let r = attack(
+            Engine::for_model(&model),
+            &model,
+            &te,
+            &cfg,
+            &plain(),
+            32,
+            &mut Rng::new(1, 0),
+        )
+        .unwrap();
         assert_eq!(r.clean_accuracy, clean);
         assert_eq!(r.results[0].robust_accuracy, clean);
         assert_eq!(r.results[0].success_rate, 0.0);
@@ -274,11 +300,21 @@ mod attack {
             norm: Norm::L2,
             ..AttackConfig::default()
         };
-        let r = attack(&model, &te, &cfg, &defence, 32, &mut Rng::new(2, 0)).unwrap();
+        let r = attack(
+            Engine::for_model(&model),
+            &model,
+            &te,
+            &cfg,
+            &defence,
+            32,
+            &mut Rng::new(2, 0),
+        )
+        .unwrap();
         assert_eq!(r.results[0].robust_accuracy, r.clean_accuracy);
         assert!(r.results[1].robust_accuracy <= r.clean_accuracy);
         assert!(
             attack(
+                Engine::for_model(&model),
                 &model,
                 &te,
                 &AttackConfig {

@@ -26,6 +26,7 @@ fn test_accuracy(dir: &Path) -> f64 {
     let test = run.data(Split::Test).unwrap();
     let idx: Vec<usize> = (0..2000).collect();
     accuracy(
+        run.engine,
         &run.model,
         &test.subset(&idx),
         500,

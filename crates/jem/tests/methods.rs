@@ -3,13 +3,14 @@
 //! Finite-difference estimates are checked against exact values on small models, samplers
 //! against their formulas, and every method's run against its resumed twin.
 
+use jem::Engine;
 use std::path::Path;
 
 use burn::prelude::*;
 use jem::checkpoint::files;
 use jem::config::TrainConfig;
 use jem::data::{Dataset, DatasetKind};
-use jem::energy::{Target, input_grad};
+use jem::energy::Target;
 use jem::eval::accuracy::mean_log_px;
 use jem::eval::run::Run;
 use jem::init::{ChainInit, ChainStart, ClassGaussians};
@@ -18,7 +19,7 @@ use jem::lsd::{hutchinson_trace, score_dot};
 use jem::model::{Classifier, ModelConfig};
 use jem::optim::{spectral_norm, spectral_normalize};
 use jem::rng::Rng;
-use jem::sgld::{SamplerKind, SgldConfig, sgld};
+use jem::sgld::{SamplerKind, SgldConfig};
 use jem::train::{NoObserver, Trainer};
 
 fn ad() -> Device {
@@ -57,7 +58,7 @@ fn the_finite_difference_score_term_matches_the_exact_directional_derivative() {
     let x = tensor(random(4 * 784, 2, 0.5), dims, &d);
     let g = tensor(random(4 * 784, 3, 1.0), dims, &d);
     // Exact: g . d lse f(x)/dx with the input gradient from autodiff.
-    let (grad, _) = input_grad(&model, x.clone(), &Target::Marginal);
+    let (grad, _) = Engine::for_model(&model).input_grad(&model, x.clone(), &Target::Marginal);
     let exact = to_vec((grad * g.clone().inner()).reshape([4, 784]).sum_dim(1));
     let est = to_vec(score_dot(&model, x, g, 1e-2));
     // f32 rounding of lse bounds the absolute error near |g| ulp(lse) / 2e (about 1e-3
@@ -111,7 +112,11 @@ fn proximal_sgld_is_its_formula_and_stays_in_the_data_range() {
         .into_iter()
         .map(|v| v.clamp(-1.0, 1.0))
         .collect();
-    let (g, _) = input_grad(&model, tensor(x0.clone(), dims, &d), &Target::Marginal);
+    let (g, _) = Engine::for_model(&model).input_grad(
+        &model,
+        tensor(x0.clone(), dims, &d),
+        &Target::Marginal,
+    );
     let g = to_vec(g);
     let clip = 0.5 * g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let params = SgldConfig {
@@ -120,7 +125,7 @@ fn proximal_sgld_is_its_formula_and_stays_in_the_data_range() {
         grad_clip: clip,
         ..SgldConfig::jem_pp()
     };
-    let out = sgld(
+    let out = Engine::for_model(&model).sgld(
         &model,
         tensor(x0.clone(), dims, &d),
         &Target::Marginal,
@@ -148,7 +153,7 @@ fn proximal_sgld_is_its_formula_and_stays_in_the_data_range() {
         noise_std: 0.5,
         ..params
     };
-    let pyld = sgld(
+    let pyld = Engine::for_model(&model).sgld(
         &model,
         tensor(x0.clone(), dims, &d),
         &Target::Marginal,
@@ -160,7 +165,7 @@ fn proximal_sgld_is_its_formula_and_stays_in_the_data_range() {
         sampler: SamplerKind::Sgld,
         ..wild
     };
-    let s = sgld(
+    let s = Engine::for_model(&model).sgld(
         &model,
         tensor(x0, dims, &d),
         &Target::Marginal,
@@ -462,21 +467,23 @@ fn the_stein_critic_learns_to_raise_the_discrepancy() {
     let mut sd = Vec::new();
     for _ in 0..40 {
         // Model learning rate 0: the classifier stays fixed while the critic trains.
-        let (m, metrics) = jem::lsd::lsd_iteration(
-            &cfg,
-            model,
-            &mut optim,
-            &mut critic,
-            &batch,
-            [1, 28, 28],
-            10,
-            0.0,
-            cfg.loss.lsd.critic_lr,
-            &mut rng,
-            &d,
-        )
-        .map_err(|e| format!("{} {}", e.what, e.value))
-        .unwrap();
+        let inputs = jem::step::StepInputs {
+            cfg: &cfg,
+            engine: Engine::Autodiff,
+            batch: &batch,
+            shape: [1, 28, 28],
+            num_classes: 10,
+            lr: 0.0,
+            critic_lr: cfg.loss.lsd.critic_lr,
+            optim: &mut optim,
+            buffer: None,
+            critic: Some(&mut critic),
+            rng: &mut rng,
+            device: &d,
+        };
+        let (m, metrics) = jem::step::iteration(model, inputs)
+            .map_err(|e| format!("{} {}", e.what, e.value))
+            .unwrap();
         model = m;
         sd.push(metrics.stein.unwrap());
     }

@@ -111,7 +111,7 @@ fn n_steps_straight_equal_half_then_resume_then_half() {
     // The saved run opens for evaluation with the same weights.
     let run = Run::open(&a, &device()).unwrap();
     assert_eq!(run.state.step, 12);
-    assert!(jem::checkpoint::params_finite(&run.model));
+    assert!(jem::tensor_file::params_finite(&run.model));
 }
 
 #[test]
@@ -199,7 +199,7 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
             let run = Run::open(&dir, &device()).unwrap();
             assert_eq!(run.state.step, last_checkpoint);
             assert!(
-                jem::checkpoint::params_finite(&run.model),
+                jem::tensor_file::params_finite(&run.model),
                 "a non-finite model was saved"
             );
         }
@@ -375,12 +375,18 @@ fn an_unstable_learning_rate_is_recovered_from_and_the_run_finishes() {
     let last = recoveries.last().unwrap();
     assert!(last["lr_scale"].as_f64().unwrap() <= 0.1, "{last}");
     let run = Run::open(&dir, &device()).unwrap();
-    assert!(jem::checkpoint::params_finite(&run.model));
+    assert!(jem::tensor_file::params_finite(&run.model));
     assert_eq!(run.state.recoveries as usize, recoveries.len());
     let test = run.data(jem::data::Split::Test).unwrap();
-    let acc =
-        jem::eval::accuracy::accuracy(&run.model, &test, 64, None, &mut jem::rng::Rng::new(0, 0))
-            .unwrap();
+    let acc = jem::eval::accuracy::accuracy(
+        run.engine,
+        &run.model,
+        &test,
+        64,
+        None,
+        &mut jem::rng::Rng::new(0, 0),
+    )
+    .unwrap();
     assert!(
         acc.accuracy > 0.3,
         "accuracy {} after recovering",
@@ -425,7 +431,7 @@ fn nan_samples_in_the_buffer_are_recovered_from() {
     let run = Run::open(&dir, &device()).unwrap();
     let buf = run.buffer().unwrap().unwrap();
     assert!((0..buf.len()).all(|i| buf.chain(i).iter().all(|v| v.is_finite())));
-    assert!(jem::checkpoint::params_finite(&run.model));
+    assert!(jem::tensor_file::params_finite(&run.model));
 }
 
 #[test]
@@ -453,5 +459,5 @@ fn drifting_energies_are_flagged_and_the_run_gives_up_with_its_checkpoint_intact
     assert_eq!(recoveries, 2);
     let run = Run::open(&dir, &device()).unwrap();
     assert_eq!(run.state.step, 0);
-    assert!(jem::checkpoint::params_finite(&run.model));
+    assert!(jem::tensor_file::params_finite(&run.model));
 }

@@ -2,11 +2,12 @@
 //! model, it is a pure function of its inputs, and 0 steps change nothing.
 
 use burn::prelude::*;
+use jem::Engine;
 use jem::energy::Target;
 use jem::eval::accuracy::mean_log_px;
 use jem::model::Classifier;
 use jem::rng::Rng;
-use jem::sgld::{SgldConfig, sgld};
+use jem::sgld::SgldConfig;
 
 mod common;
 
@@ -32,7 +33,7 @@ fn sgld_lowers_the_energy_of_noise_for_a_trained_model_and_is_pure() {
     let x0 = noise(32, 5, &d);
     let before = mean_log_px(&model, x0.clone());
     let params = SgldConfig::default();
-    let out = sgld(
+    let out = Engine::for_model(&model).sgld(
         &model,
         x0.clone(),
         &Target::Marginal,
@@ -56,7 +57,9 @@ fn sgld_lowers_the_energy_of_noise_for_a_trained_model_and_is_pure() {
         ..SgldConfig::default()
     };
     for _ in 0..5 {
-        x = sgld(&model, x, &Target::Marginal, &small, &mut Rng::new(0, 0)).samples;
+        x = Engine::for_model(&model)
+            .sgld(&model, x, &Target::Marginal, &small, &mut Rng::new(0, 0))
+            .samples;
         let now = mean_log_px(&model, x.clone());
         assert!(now > prev, "log p(x) fell from {prev} to {now}");
         prev = now;
@@ -64,7 +67,8 @@ fn sgld_lowers_the_energy_of_noise_for_a_trained_model_and_is_pure() {
 
     // Pure: same inputs, same generator state, same samples; the generator advances.
     let mut r1 = Rng::new(9, 0);
-    let again = sgld(&model, x0.clone(), &Target::Marginal, &params, &mut r1);
+    let again =
+        Engine::for_model(&model).sgld(&model, x0.clone(), &Target::Marginal, &params, &mut r1);
     let a: Vec<f32> = out.samples.into_data().try_to_vec::<f32>().unwrap();
     let b: Vec<f32> = again.samples.into_data().try_to_vec::<f32>().unwrap();
     assert_eq!(a, b);
@@ -72,7 +76,7 @@ fn sgld_lowers_the_energy_of_noise_for_a_trained_model_and_is_pure() {
 
     // Zero steps: the start comes back unchanged.
     let zero = SgldConfig { steps: 0, ..params };
-    let same = sgld(
+    let same = Engine::for_model(&model).sgld(
         &model,
         x0.clone(),
         &Target::Marginal,

@@ -324,7 +324,7 @@ impl CnnKernel {
 
     /// [`CnnKernel::from_model`] at `precision` (`None` also where the CPU lacks it).
     pub fn with_precision(model: &Classifier, precision: Precision) -> Option<Self> {
-        if !precision.supported() {
+        if !super::supports(precision) {
             return None;
         }
         let Classifier::Cnn(cnn) = model else {

@@ -18,6 +18,9 @@
 //! column rows, output gradients, weights) and f32 accumulation (`vdpbf16ps`); everything
 //! between the products (bias, LeakyReLU, the adjoint sums, the SGLD update) stays f32.
 //!
+//! The kernel is one of the compute engines of [`crate::engine`], which chooses it once per
+//! trainer or evaluation; nothing else calls [`available`].
+//!
 //! The f32 result equals the autodiff path up to float rounding; tests compare the two on
 //! random inputs and weights (relative error under 1e-4 in f32, 1e-2 in bf16).
 
@@ -26,37 +29,20 @@ pub mod gemm;
 mod kernel;
 
 use burn::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::energy::Target;
 use crate::model::Classifier;
+pub use crate::sgld::Precision;
 use gemm::Isa;
 pub use kernel::CnnKernel;
 
-/// The number format of the kernel's matrix products.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Precision {
-    /// f32 throughout.
-    #[default]
-    F32,
-    /// bf16 inputs to every product, f32 accumulation (needs AVX512-BF16). The fastest;
-    /// rounding moves a few pre-activations across zero, where the LeakyReLU's slope
-    /// switches, so input gradients differ from f32 by a few percent (cosine above 0.99).
-    Bf16,
-    /// f32 forward pass (exact LeakyReLU slopes), bf16 products in the input gradient only:
-    /// gradients within 1e-2 of f32, less of the speed-up.
-    MixedBf16,
-}
-
-impl Precision {
-    /// Whether this CPU runs the kernel at this precision.
-    pub fn supported(self) -> bool {
-        let isa = Isa::detect();
-        match self {
-            Precision::F32 => isa.avx512,
-            Precision::Bf16 | Precision::MixedBf16 => isa.bf16,
-        }
+/// Whether this CPU runs the kernel at `precision` (f32 needs AVX-512, the bf16 modes
+/// AVX512-BF16 as well).
+pub fn supports(precision: Precision) -> bool {
+    let isa = Isa::detect();
+    match precision {
+        Precision::F32 => isa.avx512,
+        Precision::Bf16 | Precision::MixedBf16 => isa.bf16,
     }
 }
 
@@ -93,7 +79,7 @@ pub fn available(model: &Classifier) -> bool {
     if !matches!(model, Classifier::Cnn(_)) {
         return false;
     }
-    cpu_device(&crate::eval::accuracy::model_device(model)) && Precision::F32.supported()
+    cpu_device(&model.device()) && supports(Precision::F32)
 }
 
 /// Whether `device` (or its inner device) is the CPU backend the kernel serves.
@@ -107,20 +93,6 @@ pub fn cpu_device(device: &Device) -> bool {
         let _ = device;
         false
     }
-}
-
-/// `Err` with the reason when chains at `precision` cannot run on `device`.
-pub fn check_precision(
-    precision: Precision,
-    device: &Device,
-) -> Result<(), crate::config::ConfigError> {
-    if precision != Precision::F32 && !cpu_device(device) {
-        return Err(crate::config::ConfigError::field(
-            "sgld.precision",
-            "bf16 chains run in the CPU kernel of the CNN only; this run's device is not the CPU",
-        ));
-    }
-    Ok(())
 }
 
 /// The class of each row of a [`Target::Joint`] (`None` for the marginal).
@@ -140,35 +112,6 @@ pub fn labels_of(target: &Target) -> Option<Vec<usize>> {
                 .collect(),
         ),
     }
-}
-
-/// [`crate::energy::input_grad`] through the kernel, when [`available`].
-///
-/// # Shapes
-/// `x: [b, c, h, w] -> ([b, c, h, w] gradient, [b] per-image target)`
-pub fn input_grad(
-    model: &Classifier,
-    x: &Tensor<4>,
-    target: &Target,
-) -> Option<(Tensor<4>, Tensor<1>)> {
-    if !available(model) {
-        return None;
-    }
-    let mut kernel = CnnKernel::from_model(model)?;
-    let dims = x.dims();
-    let [b, c, h, w] = dims;
-    let labels = labels_of(target);
-    let host_target = match &labels {
-        None => HostTarget::Marginal,
-        Some(ys) => HostTarget::Joint(ys),
-    };
-    let values: Vec<f32> = x.clone().into_data().try_to_vec().ok()?;
-    let (g, v) = kernel.input_grad(&values, b, [c, h, w], host_target);
-    let device = x.device().inner();
-    Some((
-        Tensor::from_data(TensorData::new(g, dims), &device),
-        Tensor::from_data(TensorData::new(v, [b]), &device),
-    ))
 }
 
 /// `grads` as burn's [`GradientsParams`] for `model` (the CNN they were computed for), on

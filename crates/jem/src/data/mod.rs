@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::ConfigError;
+pub use crate::error::DataError;
 pub use batch::{Augment, Batch, BatchSampler};
 pub use cifar::{CifarVariant, read_cifar_file};
 pub use idx::{read_idx, read_idx_images, read_idx_labels, write_idx};
@@ -23,55 +25,9 @@ pub use mnist_json::read_mnist_json_dir;
 /// Largest decompressed file the readers accept (1 GiB), a guard against gzip bombs.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
-/// A malformed or missing data file.
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    /// The file does not exist or cannot be read.
-    #[error("{path}: cannot read: {source}{hint}")]
-    Missing {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-        /// How to obtain the data, when known.
-        hint: String,
-    },
-    /// The file's content is not what its format requires.
-    #[error("{path}: {reason}")]
-    Malformed {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Images and labels do not go together.
-    #[error("{images} has {n_images} images but {labels} has {n_labels} labels")]
-    CountMismatch {
-        /// Image file.
-        images: PathBuf,
-        /// Number of images.
-        n_images: usize,
-        /// Label file.
-        labels: PathBuf,
-        /// Number of labels.
-        n_labels: usize,
-    },
-    /// A split or option cannot be applied to this data set.
-    #[error("data: {0}")]
-    Invalid(String),
-}
-
-impl DataError {
-    pub(crate) fn malformed(path: &Path, reason: impl Into<String>) -> Self {
-        DataError::Malformed {
-            path: path.to_path_buf(),
-            reason: reason.into(),
-        }
-    }
-}
-
 /// The data sets jem reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
     /// Fashion-MNIST, IDX files (`train-images-idx3-ubyte.gz`, ...).
@@ -133,6 +89,7 @@ impl DatasetKind {
 
 /// Which part of a data set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Split {
     /// Training images (less the validation split).
@@ -141,6 +98,79 @@ pub enum Split {
     Valid,
     /// The test files.
     Test,
+}
+
+impl Split {
+    /// Name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Valid => "valid",
+            Split::Test => "test",
+        }
+    }
+}
+
+/// Which data, and how it is prepared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// The data set.
+    pub dataset: DatasetKind,
+    /// Directory of its files (default: [`DatasetKind::default_dir`]).
+    pub dir: Option<PathBuf>,
+    /// Images held out from the training files for validation.
+    pub n_valid: usize,
+    /// Augmentation and data noise.
+    pub augment: Augment,
+}
+
+impl DataConfig {
+    /// Check the values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let a = &self.augment;
+        if !(a.noise_std.is_finite() && a.noise_std >= 0.0) {
+            return Err(ConfigError::field(
+                "data.augment.noise_std",
+                format!("{}: must be non-negative and finite", a.noise_std),
+            ));
+        }
+        let [_, h, w] = self.dataset.shape();
+        if a.crop_pad >= h.min(w) {
+            return Err(ConfigError::field(
+                "data.augment.crop_pad",
+                format!("{} must be smaller than the image size {h}x{w}", a.crop_pad),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The run's image shape `[c, h, w]`: every split and OOD set is checked against it.
+    pub fn shape(&self) -> [usize; 3] {
+        self.dataset.shape()
+    }
+
+    /// Load one split of this data (the validation split chosen by `seed`), checked against
+    /// the data set's image shape.
+    pub fn load_split(&self, split: Split, seed: u64) -> Result<Dataset, DataError> {
+        load_split(self.dataset, self.dir.as_deref(), split, self.n_valid, seed)
+    }
+
+    /// The training files split into (train, validation) by `seed`.
+    pub fn load_train_valid(&self, seed: u64) -> Result<(Dataset, Dataset), DataError> {
+        load_files(self.dataset, self.dir.as_deref(), false)?.split_valid(self.n_valid, seed)
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dataset: DatasetKind::FashionMnist,
+            dir: None,
+            n_valid: 5000,
+            augment: Augment::default(),
+        }
+    }
 }
 
 /// Images in `[-1, 1]`, `[n, c, h, w]` row-major, with labels.
@@ -292,16 +322,16 @@ pub fn load_files(kind: DatasetKind, dir: Option<&Path>, test: bool) -> Result<D
         .map(Path::to_path_buf)
         .unwrap_or_else(|| kind.default_dir());
     let hint = kind.hint();
-    match kind {
+    let (data, source) = match kind {
         DatasetKind::FashionMnist => {
             let prefix = if test { "t10k" } else { "train" };
             let img = idx_path(&dir, &format!("{prefix}-images-idx3-ubyte"));
             let lab = idx_path(&dir, &format!("{prefix}-labels-idx1-ubyte"));
-            idx::read_idx_pair(&img, &lab, 10, &hint)
+            (idx::read_idx_pair(&img, &lab, 10, &hint)?, img)
         }
         DatasetKind::Mnist => {
             let all = mnist_json::read_mnist_json_dir(&dir, &hint)?;
-            Ok(mnist_json::split_mnist(&all, test))
+            (mnist_json::split_mnist(&all, test), dir)
         }
         DatasetKind::Cifar10 => {
             let names: Vec<String> = if test {
@@ -309,13 +339,26 @@ pub fn load_files(kind: DatasetKind, dir: Option<&Path>, test: bool) -> Result<D
             } else {
                 (1..=5).map(|i| format!("data_batch_{i}.bin")).collect()
             };
-            cifar::read_cifar_files(&dir, &names, CifarVariant::Cifar10, &hint)
+            let data = cifar::read_cifar_files(&dir, &names, CifarVariant::Cifar10, &hint)?;
+            (data, dir)
         }
         DatasetKind::Cifar100 => {
             let name = if test { "test.bin" } else { "train.bin" };
-            cifar::read_cifar_files(&dir, &[name.to_string()], CifarVariant::Cifar100, &hint)
+            let data =
+                cifar::read_cifar_files(&dir, &[name.to_string()], CifarVariant::Cifar100, &hint)?;
+            (data, dir)
         }
+    };
+    // Every split of a data set must have its shape: the CNN's global pooling would take
+    // images of any size and report numbers on them.
+    if data.shape != kind.shape() {
+        return Err(DataError::Shape {
+            path: source,
+            found: data.shape,
+            expected: kind.shape(),
+        });
     }
+    Ok(data)
 }
 
 /// Load one split: `Train` and `Valid` are the training files split by `n_valid` and `seed`,

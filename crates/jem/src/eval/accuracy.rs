@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::Result;
 use crate::data::Dataset;
 use crate::energy::{Target, logsumexp};
+use crate::engine::Engine;
 use crate::model::Classifier;
 use crate::rng::Rng;
-use crate::sgld::{SgldConfig, sgld};
+use crate::sgld::SgldConfig;
 
 /// Accuracy and NLL of a model on a data set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,13 +30,14 @@ pub struct AccuracyReport {
 /// Logits of every image, `[n, k]` row-major, in batches of `batch_size`. With `refine`, each
 /// batch is first moved by SGLD on `log p(x)` with those parameters (draws from `rng`).
 pub fn logits(
+    engine: Engine,
     model: &Classifier,
     data: &Dataset,
     batch_size: usize,
     refine: Option<&SgldConfig>,
     rng: &mut Rng,
 ) -> Vec<f32> {
-    let device = model_device(model);
+    let device = model.device();
     let plain = model.valid();
     let [c, h, w] = data.shape;
     let n = data.image_len();
@@ -48,7 +50,7 @@ pub fn logits(
             &device.clone().inner(),
         ); // [b, c, h, w]
         let x = match refine {
-            Some(p) if p.steps > 0 => sgld(model, x, &Target::Marginal, p, rng).samples,
+            Some(p) if p.steps > 0 => engine.sgld(model, x, &Target::Marginal, p, rng).samples,
             _ => x,
         };
         let l: Vec<f32> = plain
@@ -59,16 +61,6 @@ pub fn logits(
         out.extend(l);
     }
     out
-}
-
-/// The device a model's parameters live on.
-pub fn model_device(model: &Classifier) -> Device {
-    use burn::module::Module;
-    model
-        .devices()
-        .into_iter()
-        .next()
-        .expect("a classifier has parameters")
 }
 
 /// Accuracy and NLL from logits `[n, k]` and labels.
@@ -97,13 +89,14 @@ pub fn accuracy_from_logits(logits: &[f32], labels: &[u8], k: usize) -> (usize, 
 
 /// Evaluate `model` on `data`.
 pub fn accuracy(
+    engine: Engine,
     model: &Classifier,
     data: &Dataset,
     batch_size: usize,
     refine: Option<&SgldConfig>,
     rng: &mut Rng,
 ) -> Result<AccuracyReport> {
-    let l = logits(model, data, batch_size, refine, rng);
+    let l = logits(engine, model, data, batch_size, refine, rng);
     let (correct, nll) = accuracy_from_logits(&l, &data.labels, data.num_classes);
     Ok(AccuracyReport {
         accuracy: correct as f64 / data.len().max(1) as f64,

@@ -14,14 +14,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
 use crate::energy::{Target, cross_entropy, one_hot};
-use crate::eval::accuracy::model_device;
+use crate::engine::Engine;
 use crate::model::Classifier;
 use crate::rng::Rng;
-use crate::sgld::{SgldConfig, sgld};
+use crate::sgld::SgldConfig;
 use crate::{Error, Result};
 
 /// The threat model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Norm {
     /// Max-norm ball; steps follow the gradient's sign.
@@ -102,13 +103,14 @@ pub struct AttackReport {
 /// # Shapes
 /// `x: [b, c, h, w] -> [b, k]`
 pub fn defended_probs(
+    engine: Engine,
     model: &Classifier,
     x: &Tensor<4>,
     defence: &Defence,
     rng: &mut Rng,
 ) -> Tensor<2> {
     let plain = model.valid();
-    let chains = refined_inputs(model, x, defence, rng);
+    let chains = refined_inputs(engine, model, x, defence, rng);
     let n = chains.len() as f64;
     let mut sum: Option<Tensor<2>> = None;
     for xr in chains {
@@ -122,6 +124,7 @@ pub fn defended_probs(
 }
 
 fn refined_inputs(
+    engine: Engine,
     model: &Classifier,
     x: &Tensor<4>,
     defence: &Defence,
@@ -138,7 +141,9 @@ fn refined_inputs(
             rng.fill_normal(&mut noise, defence.start_noise);
             let start =
                 x.clone() + Tensor::<4>::from_data(TensorData::new(noise, dims), &x.device());
-            sgld(model, start, &Target::Marginal, &defence.sgld, rng).samples
+            engine
+                .sgld(model, start, &Target::Marginal, &defence.sgld, rng)
+                .samples
         })
         .collect()
 }
@@ -149,6 +154,7 @@ fn refined_inputs(
 /// # Shapes
 /// `x: [b, c, h, w] -> [b, c, h, w]`
 pub fn loss_grad(
+    engine: Engine,
     model: &Classifier,
     x: &Tensor<4>,
     labels: &[usize],
@@ -159,7 +165,7 @@ pub fn loss_grad(
     let frozen = model.clone().no_grad();
     let device = x.device();
     let oh = one_hot(labels, k, &device).autodiff();
-    let chains = refined_inputs(model, x, defence, rng);
+    let chains = refined_inputs(engine, model, x, defence, rng);
     let n = chains.len() as f64;
     let mut sum: Option<Tensor<4>> = None;
     for xr in chains {
@@ -176,8 +182,14 @@ pub fn loss_grad(
     sum.expect("at least one chain").div_scalar(n)
 }
 
-fn predictions(model: &Classifier, x: &Tensor<4>, defence: &Defence, rng: &mut Rng) -> Vec<usize> {
-    let p = defended_probs(model, x, defence, rng).argmax(1); // [b, 1]
+fn predictions(
+    engine: Engine,
+    model: &Classifier,
+    x: &Tensor<4>,
+    defence: &Defence,
+    rng: &mut Rng,
+) -> Vec<usize> {
+    let p = defended_probs(engine, model, x, defence, rng).argmax(1); // [b, 1]
     p.into_data()
         .convert::<i64>()
         .try_to_vec::<i64>()
@@ -251,8 +263,48 @@ fn random_start(x0: &Tensor<4>, norm: Norm, eps: f32, rng: &mut Rng) -> Tensor<4
     project(x0.clone() + d, x0, norm, eps)
 }
 
+/// What one attack needs besides the images.
+struct Attacker<'a> {
+    engine: Engine,
+    model: &'a Classifier,
+    cfg: &'a AttackConfig,
+    defence: &'a Defence,
+    k: usize,
+}
+
+impl Attacker<'_> {
+    /// How many of `x0` (classified correctly as `ys`) some restart of PGD at radius `eps01`
+    /// (in `[0, 1]` pixel units) gets misclassified.
+    fn broken_at(&self, x0: &Tensor<4>, ys: &[usize], eps01: f32, rng: &mut Rng) -> usize {
+        let (cfg, engine, model, defence) = (self.cfg, self.engine, self.model, self.defence);
+        let eps = 2.0 * eps01; // [0, 1] pixel units -> the [-1, 1] range
+        if eps == 0.0 {
+            return 0; // nothing can move; robust accuracy is the clean accuracy
+        }
+        let alpha = eps * cfg.step_fraction.unwrap_or(2.5 / cfg.steps.max(1) as f32);
+        let mut fooled = vec![false; ys.len()];
+        for _ in 0..cfg.restarts.max(1) {
+            let mut x = if cfg.random_start {
+                random_start(x0, cfg.norm, eps, rng)
+            } else {
+                x0.clone()
+            };
+            for _ in 0..cfg.steps {
+                let g = loss_grad(engine, model, &x, ys, self.k, defence, rng);
+                x = pgd_step(x, g, x0, cfg.norm, eps, alpha);
+            }
+            let pred = predictions(engine, model, &x, defence, rng);
+            for (f, (p, y)) in fooled.iter_mut().zip(pred.into_iter().zip(ys)) {
+                *f |= p != *y;
+            }
+        }
+        fooled.iter().filter(|&&f| f).count()
+    }
+}
+
 /// Attack `data` (images the defended classifier gets right) at every radius of `cfg`.
 pub fn attack(
+    engine: Engine,
     model: &Classifier,
     data: &Dataset,
     cfg: &AttackConfig,
@@ -266,8 +318,14 @@ pub fn attack(
             cfg.eps
         )));
     }
-    let device = model_device(model).inner();
-    let k = data.num_classes;
+    let device = model.device().inner();
+    let attacker = Attacker {
+        engine,
+        model,
+        cfg,
+        defence,
+        k: data.num_classes,
+    };
     let [c, h, w] = data.shape;
     let len = data.image_len();
     let mut correct_total = 0usize;
@@ -285,7 +343,7 @@ pub fn attack(
             ),
             &device,
         );
-        let pred = predictions(model, &x_all, defence, rng);
+        let pred = predictions(engine, model, &x_all, defence, rng);
         let keep: Vec<usize> = (0..labels.len())
             .filter(|&i| pred[i] == labels[i])
             .collect();
@@ -300,30 +358,7 @@ pub fn attack(
         let ys: Vec<usize> = keep.iter().map(|&i| labels[i]).collect();
         let x0 = Tensor::<4>::from_data(TensorData::new(imgs, [keep.len(), c, h, w]), &device);
         for (e, &eps01) in cfg.eps.iter().enumerate() {
-            let eps = 2.0 * eps01; // [0, 1] pixel units -> the [-1, 1] range
-            if eps == 0.0 {
-                continue; // nothing can move; robust accuracy is the clean accuracy
-            }
-            let alpha = eps * cfg.step_fraction.unwrap_or(2.5 / cfg.steps.max(1) as f32);
-            let mut fooled = vec![false; ys.len()];
-            for _ in 0..cfg.restarts.max(1) {
-                let mut x = if cfg.random_start {
-                    random_start(&x0, cfg.norm, eps, rng)
-                } else {
-                    x0.clone()
-                };
-                for _ in 0..cfg.steps {
-                    let g = loss_grad(model, &x, &ys, k, defence, rng);
-                    x = pgd_step(x, g, &x0, cfg.norm, eps, alpha);
-                }
-                for (f, (p, y)) in fooled
-                    .iter_mut()
-                    .zip(predictions(model, &x, defence, rng).into_iter().zip(&ys))
-                {
-                    *f |= p != *y;
-                }
-            }
-            broken[e] += fooled.iter().filter(|&&f| f).count();
+            broken[e] += attacker.broken_at(&x0, &ys, eps01, rng);
         }
     }
     let n = data.len().max(1) as f64;

@@ -7,13 +7,14 @@ use std::path::Path;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Dataset, DatasetKind, load_files};
+use crate::Result;
+use crate::cnn_cpu::{self, CnnKernel};
+use crate::data::{DataError, Dataset, DatasetKind, load_files};
 use crate::energy::{Target, input_grad, logsumexp};
-use crate::eval::accuracy::model_device;
+use crate::engine::Engine;
 use crate::eval::metrics::{aupr, auroc, fpr_at_tpr};
 use crate::model::Classifier;
 use crate::rng::Rng;
-use crate::{Error, Result};
 
 /// A score; higher means "more in-distribution".
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,6 +83,70 @@ impl OodSet {
     }
 }
 
+impl OodSet {
+    /// Every set, in the order of `jem eval ood --help`.
+    pub const ALL: [OodSet; 11] = [
+        OodSet::Dataset(DatasetKind::Mnist),
+        OodSet::Dataset(DatasetKind::FashionMnist),
+        OodSet::Dataset(DatasetKind::Cifar10),
+        OodSet::Dataset(DatasetKind::Cifar100),
+        OodSet::Uniform,
+        OodSet::Gaussian,
+        OodSet::Constant,
+        OodSet::Vflip,
+        OodSet::Invert,
+        OodSet::Shuffle,
+        OodSet::Interp,
+    ];
+}
+
+#[cfg(feature = "clap")]
+impl clap::ValueEnum for OodSet {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let name: &'static str = match self {
+            OodSet::Dataset(DatasetKind::FashionMnist) => "fashion-mnist",
+            OodSet::Dataset(DatasetKind::Mnist) => "mnist",
+            OodSet::Dataset(DatasetKind::Cifar10) => "cifar10",
+            OodSet::Dataset(DatasetKind::Cifar100) => "cifar100",
+            OodSet::Uniform => "uniform",
+            OodSet::Gaussian => "gaussian",
+            OodSet::Constant => "constant",
+            OodSet::Vflip => "vflip",
+            OodSet::Invert => "invert",
+            OodSet::Shuffle => "shuffle",
+            OodSet::Interp => "interp",
+        };
+        debug_assert_eq!(name, self.name());
+        Some(clap::builder::PossibleValue::new(name))
+    }
+}
+
+impl Score {
+    /// Every score; `energy-t` at temperature 1 (the command line sets its temperature).
+    pub const ALL: [Score; 4] = [Score::Logp, Score::Py, Score::Pxgrad, Score::EnergyT(1.0)];
+}
+
+#[cfg(feature = "clap")]
+impl clap::ValueEnum for Score {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let name = match self {
+            Score::Logp => "logp",
+            Score::Py => "py",
+            Score::Pxgrad => "pxgrad",
+            Score::EnergyT(_) => "energy-t",
+        };
+        Some(clap::builder::PossibleValue::new(name))
+    }
+}
+
 /// Images of `set`, shaped like `inside` (`[n, c, h, w]`, as many as `inside` holds for the
 /// generated sets). A data set is read from `dir` (default: its default directory); one of
 /// another image shape is an error, not a silent resize.
@@ -99,12 +164,13 @@ pub fn ood_images(
         OodSet::Dataset(kind) => {
             let other = load_files(kind, dir, true)?;
             if other.shape != inside.shape {
-                return Err(Error::Shape(format!(
-                    "OOD set {} has images of {:?}, the model takes {:?}",
-                    set.name(),
-                    other.shape,
-                    inside.shape
-                )));
+                let dir = dir.map_or_else(|| kind.default_dir(), Path::to_path_buf);
+                return Err(DataError::Shape {
+                    path: dir,
+                    found: other.shape,
+                    expected: inside.shape,
+                }
+                .into());
             }
             return Ok(other.images);
         }
@@ -156,16 +222,17 @@ pub fn ood_images(
 
 /// Every score of every image in `images` (`[n, c, h, w]`), as `scores.len()` vectors.
 pub fn score_images(
+    engine: Engine,
     model: &Classifier,
     images: &[f32],
     shape: [usize; 3],
     scores: &[Score],
     batch_size: usize,
 ) -> Vec<Vec<f64>> {
-    if let Some(out) = score_images_cpu_kernel(model, images, shape, scores, batch_size) {
-        return out;
+    if let Some(kernel) = engine.kernel(model, crate::sgld::Precision::F32) {
+        return score_images_cpu_kernel(kernel, images, shape, scores, batch_size);
     }
-    let device = model_device(model).inner();
+    let device = model.device().inner();
     let plain = model.valid();
     let len: usize = shape.iter().product();
     let n = images.len() / len;
@@ -206,16 +273,12 @@ pub fn score_images(
 /// [`score_images`] through [`crate::cnn_cpu`] (the CNN on the CPU): one forward per batch
 /// for every score, one backward for `pxgrad`.
 fn score_images_cpu_kernel(
-    model: &Classifier,
+    mut kernel: CnnKernel,
     images: &[f32],
     shape: [usize; 3],
     scores: &[Score],
     batch_size: usize,
-) -> Option<Vec<Vec<f64>>> {
-    if !crate::cnn_cpu::available(model) {
-        return None;
-    }
-    let mut kernel = crate::cnn_cpu::CnnKernel::from_model(model)?;
+) -> Vec<Vec<f64>> {
     let k = kernel.outputs();
     let len: usize = shape.iter().product();
     let n = images.len() / len;
@@ -224,10 +287,7 @@ fn score_images_cpu_kernel(
         let end = (start + batch_size).min(n);
         let b = end - start;
         let logits = kernel.forward(&images[start * len..end * len], b, shape);
-        let rows: Vec<(f32, Vec<f32>)> = logits
-            .chunks_exact(k)
-            .map(crate::cnn_cpu::softmax)
-            .collect();
+        let rows: Vec<(f32, Vec<f32>)> = logits.chunks_exact(k).map(cnn_cpu::softmax).collect();
         let grad_norms = scores.contains(&Score::Pxgrad).then(|| {
             let dl: Vec<f32> = rows.iter().flat_map(|(_, p)| p.iter().copied()).collect();
             let (g, _) = kernel.backward(b, shape, &dl, true, false);
@@ -244,7 +304,7 @@ fn score_images_cpu_kernel(
                     Score::EnergyT(t) => {
                         let scaled: Vec<f32> =
                             logits[i * k..(i + 1) * k].iter().map(|l| l / t).collect();
-                        crate::cnn_cpu::softmax(&scaled).0 * t
+                        cnn_cpu::softmax(&scaled).0 * t
                     }
                     Score::Pxgrad => -grad_norms.as_ref().expect("computed above")[i],
                 };
@@ -252,7 +312,7 @@ fn score_images_cpu_kernel(
             }
         }
     }
-    Some(out)
+    out
 }
 
 /// One row of the OOD table.
@@ -347,6 +407,7 @@ fn edges_for(all: &[&[f64]], bins: usize) -> Vec<f64> {
 /// OOD sets are read from `dir` when given (see [`ood_images`]).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_ood(
+    engine: Engine,
     model: &Classifier,
     inside: &Dataset,
     sets: &[OodSet],
@@ -355,12 +416,19 @@ pub fn evaluate_ood(
     batch_size: usize,
     rng: &mut Rng,
 ) -> Result<OodReport> {
-    let ins = score_images(model, &inside.images, inside.shape, scores, batch_size);
+    let ins = score_images(
+        engine,
+        model,
+        &inside.images,
+        inside.shape,
+        scores,
+        batch_size,
+    );
     let mut rows = Vec::new();
     let mut per_set = Vec::new();
     for &set in sets {
         let images = ood_images(set, inside, dir, rng)?;
-        let outs = score_images(model, &images, inside.shape, scores, batch_size);
+        let outs = score_images(engine, model, &images, inside.shape, scores, batch_size);
         for ((s, pos), neg) in scores.iter().zip(&ins).zip(&outs) {
             let neg_pos: Vec<f64> = neg.iter().map(|v| -v).collect();
             let pos_neg: Vec<f64> = pos.iter().map(|v| -v).collect();

@@ -6,8 +6,10 @@ use crate::Result;
 use crate::buffer::ReplayBuffer;
 use crate::checkpoint::{self, RunState, files};
 use crate::config::TrainConfig;
-use crate::data::Split;
+use crate::data::{Dataset, Split};
+use crate::engine::Engine;
 use crate::model::Classifier;
+use crate::tensor_file::load_model;
 use burn::prelude::Device;
 
 /// A run directory loaded for evaluation.
@@ -20,6 +22,8 @@ pub struct Run {
     pub state: RunState,
     /// The model, on an autodiff device (input gradients are available).
     pub model: Classifier,
+    /// The compute engine of every evaluation of this run (chosen once, when it is opened).
+    pub engine: Engine,
     shape: [usize; 3],
     num_classes: usize,
 }
@@ -27,8 +31,8 @@ pub struct Run {
 impl Run {
     /// Open `dir`'s last checkpoint on `device`.
     pub fn open(dir: &Path, device: &Device) -> Result<Self> {
-        let config = checkpoint::load_config(dir)?;
-        let state = checkpoint::recover(dir)?;
+        let config = TrainConfig::load_run(dir)?;
+        let state = checkpoint::settle(dir)?;
         let kind = config.data.dataset;
         let shape = kind.shape();
         let num_classes = kind.num_classes();
@@ -36,8 +40,10 @@ impl Run {
         let model = config
             .model
             .init(shape[0], config.model_outputs(num_classes), &device);
-        let model = checkpoint::load_model(model, &dir.join(files::MODEL), Some(state.step))?;
+        let model = load_model(model, &dir.join(files::MODEL), Some(state.step))?;
+        let engine = Engine::for_model(&model);
         Ok(Run {
+            engine,
             dir: dir.to_path_buf(),
             config,
             state,
@@ -75,7 +81,8 @@ impl Run {
         }
     }
 
-    /// The saved replay buffer (`None` for a run that does not sample).
+    /// The saved replay buffer (`None` for a run that does not sample); a chain holding NaN
+    /// or infinite values is an error naming the file.
     pub fn buffer(&self) -> Result<Option<ReplayBuffer>> {
         let path = self.dir.join(files::BUFFER);
         if !self.config.loss.needs_sampling() || !path.exists() {
@@ -90,8 +97,8 @@ impl Run {
         )?))
     }
 
-    /// The run's test or validation data.
-    pub fn data(&self, split: Split) -> Result<crate::data::Dataset> {
-        crate::train::load_eval_split(&self.config, split)
+    /// The run's test or validation data, checked against the run's image shape.
+    pub fn data(&self, split: Split) -> Result<Dataset> {
+        Ok(self.config.data.load_split(split, self.config.seed)?)
     }
 }

@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 use crate::energy::{Target, one_hot};
 use crate::eval::run::Run;
 use crate::rng::Rng;
-use crate::sgld::{SgldConfig, sgld};
+use crate::sgld::SgldConfig;
 use crate::{Error, Result};
 
 /// Where chains start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Start {
     /// The run's saved replay buffer (falls back to an error if it has none).
@@ -87,13 +88,13 @@ pub fn draw_samples(
             v
         }
     };
-    let device = crate::eval::accuracy::model_device(&run.model).inner();
+    let device = run.model.device().inner();
     let x = Tensor::<4>::from_data(TensorData::new(init, [total, c, h, w]), &device);
     let target = match &labels {
         None => Target::Marginal,
         Some(ys) => Target::Joint(one_hot(ys, k, &device)),
     };
-    let out = sgld(&run.model, x, &target, params, rng);
+    let out = run.engine.sgld(&run.model, x, &target, params, rng);
     let cols = match classes {
         Classes::All => n,
         _ => (total as f64).sqrt().ceil() as usize,
@@ -135,7 +136,7 @@ fn features_and_probs(
     images: &[f32],
     shape: [usize; 3],
 ) -> (Vec<f32>, Vec<f32>, usize) {
-    let device = crate::eval::accuracy::model_device(model).inner();
+    let device = model.device().inner();
     let plain = model.valid();
     let len: usize = shape.iter().product();
     let [c, h, w] = shape;

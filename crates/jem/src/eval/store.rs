@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{CheckpointError, write_atomic};
+use crate::error::CheckpointError;
+use crate::tensor_file::write_atomic;
 
 /// The folder of a run's evaluation results.
 pub fn eval_dir(run: &Path) -> PathBuf {

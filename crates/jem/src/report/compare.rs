@@ -9,7 +9,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::Result;
-use crate::checkpoint::{files, load_config, load_state};
+use crate::checkpoint::{files, load_state};
+use crate::config::TrainConfig;
 use crate::eval::store::load_results;
 use crate::init::ChainInit;
 use crate::loss::Objective;
@@ -43,7 +44,7 @@ pub struct Row {
 }
 
 fn method(dir: &Path) -> Result<(String, u64, Option<u64>)> {
-    let cfg = load_config(dir)?;
+    let cfg = TrainConfig::load_run(dir)?;
     let obj = cfg.loss.objective.name();
     let samples = cfg.loss.needs_sampling();
     let mut m = obj.to_string();

@@ -13,7 +13,8 @@ use std::path::Path;
 use base64::Engine;
 use serde_json::Value;
 
-use crate::checkpoint::{files, load_config, load_state};
+use crate::checkpoint::{files, load_state};
+use crate::config::TrainConfig;
 use crate::eval::store::{eval_dir, load_results};
 use crate::{Error, Result};
 use svg::{Series, chart, escape};
@@ -30,7 +31,7 @@ struct RunData {
 }
 
 fn read_run(dir: &Path) -> Result<RunData> {
-    let cfg = load_config(dir)?;
+    let cfg = TrainConfig::load_run(dir)?;
     let state = load_state(dir)?;
     let metrics_path = dir.join(files::METRICS);
     let metrics = std::fs::read_to_string(&metrics_path)
@@ -177,149 +178,175 @@ fn table(id: &str, head: &[&str], rows: &[Vec<String>]) -> String {
     o + "</table>"
 }
 
+/// The table of an accuracy evaluation.
+fn eval_accuracy(o: &mut String, id: &str, v: &Value) {
+    *o += &table(
+        id,
+        &["accuracy", "nll", "refinement steps"],
+        &[vec![
+            f4(num(v, "accuracy")),
+            f4(num(v, "nll")),
+            f4(num(v, "refine_steps")),
+        ]],
+    );
+}
+
+/// The table and reliability diagram of a calibration evaluation.
+fn eval_calibration(o: &mut String, id: &str, v: &Value) {
+    *o += &table(
+        id,
+        &["ECE", "MCE", "NLL", "Brier", "accuracy"],
+        &[["ece", "mce", "nll", "brier", "accuracy"]
+            .iter()
+            .map(|k| f4(num(v, k)))
+            .collect()],
+    );
+    *o += &figures::reliability(v);
+}
+
+/// The AUROC table and score histograms of an OOD evaluation.
+fn eval_ood(o: &mut String, id: &str, v: &Value) {
+    let rows: Vec<Vec<String>> = v
+        .get("rows")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            vec![
+                r.get("score")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                r.get("set")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                f4(num(r, "auroc")),
+                f4(num(r, "aupr_in")),
+                f4(num(r, "aupr_out")),
+                f4(num(r, "fpr95")),
+            ]
+        })
+        .collect();
+    *o += &table(
+        id,
+        &["score", "OOD set", "AUROC", "AUPR-in", "AUPR-out", "FPR95"],
+        &rows,
+    );
+    *o += r#"<div class="figs">"#;
+    for h in v
+        .get("histograms")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
+        *o += &figures::ood_histogram(&h);
+    }
+    *o += "</div>";
+}
+
+/// The robust-accuracy table and curve of an attack evaluation.
+fn eval_attack(o: &mut String, id: &str, v: &Value) {
+    let res = v
+        .get("results")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = res
+        .iter()
+        .map(|e| {
+            vec![
+                format!("{:.5}", num(e, "eps").unwrap_or(f64::NAN)),
+                f4(num(e, "robust_accuracy")),
+                f4(num(e, "success_rate")),
+            ]
+        })
+        .collect();
+    let _ = write!(
+        o,
+        "<p>clean accuracy {}, {} steps, refinement {} SGLD steps</p>",
+        f4(num(v, "clean_accuracy")),
+        f4(num(v, "steps")),
+        f4(num(v, "refine_steps"))
+    );
+    *o += &table(
+        id,
+        &["epsilon", "robust accuracy", "attack success rate"],
+        &rows,
+    );
+    *o += &figures::attack_curve(v);
+}
+
+/// The FID, score and diversity tables of a samples evaluation.
+fn eval_samples(o: &mut String, id: &str, v: &Value) {
+    *o += &table(
+        id,
+        &[
+            "FID",
+            "FID test halves",
+            "Inception-style score",
+            "score of test images",
+        ],
+        &[[
+            "fid",
+            "fid_test_halves",
+            "inception_score",
+            "inception_score_test",
+        ]
+        .iter()
+        .map(|k| f4(num(v, k)))
+        .collect()],
+    );
+    let div = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|x| f4(x.as_f64())).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let (d, t) = (div("diversity"), div("diversity_test"));
+    let rows: Vec<Vec<String>> = d
+        .iter()
+        .zip(t.iter())
+        .enumerate()
+        .map(|(c, (a, b))| vec![c.to_string(), a.clone(), b.clone()])
+        .collect();
+    *o += &table(
+        &format!("{id}-diversity"),
+        &["class", "sample diversity", "test-image diversity"],
+        &rows,
+    );
+    let _ = write!(
+        o,
+        "<p>Features of {}: not Inception-v3, comparable between runs evaluated with the same feature run.</p>",
+        escape(v.get("feature_run").and_then(Value::as_str).unwrap_or("?"))
+    );
+}
+
+/// Any other saved result, as JSON.
+fn eval_other(o: &mut String, _id: &str, v: &Value) {
+    let _ = write!(
+        o,
+        "<pre>{}</pre>",
+        escape(&serde_json::to_string_pretty(v).unwrap_or_default())
+    );
+}
+
 fn evaluation(name: &str, v: &Value) -> String {
     let id = format!("eval-{name}");
     let mut o = format!("<h3>{}</h3>", escape(name));
     if let Some(n) = num(v, "n") {
         let _ = write!(o, "<p>{} images, step {}</p>", n, f4(num(v, "step")));
     }
-    if name.starts_with("accuracy") {
-        o += &table(
-            &id,
-            &["accuracy", "nll", "refinement steps"],
-            &[vec![
-                f4(num(v, "accuracy")),
-                f4(num(v, "nll")),
-                f4(num(v, "refine_steps")),
-            ]],
-        );
-    } else if name.starts_with("calibration") {
-        o += &table(
-            &id,
-            &["ECE", "MCE", "NLL", "Brier", "accuracy"],
-            &[["ece", "mce", "nll", "brier", "accuracy"]
-                .iter()
-                .map(|k| f4(num(v, k)))
-                .collect()],
-        );
-        o += &figures::reliability(v);
-    } else if name.starts_with("ood") {
-        let rows: Vec<Vec<String>> = v
-            .get("rows")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|r| {
-                vec![
-                    r.get("score")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    r.get("set")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    f4(num(r, "auroc")),
-                    f4(num(r, "aupr_in")),
-                    f4(num(r, "aupr_out")),
-                    f4(num(r, "fpr95")),
-                ]
-            })
-            .collect();
-        o += &table(
-            &id,
-            &["score", "OOD set", "AUROC", "AUPR-in", "AUPR-out", "FPR95"],
-            &rows,
-        );
-        o += r#"<div class="figs">"#;
-        for h in v
-            .get("histograms")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-        {
-            o += &figures::ood_histogram(&h);
-        }
-        o += "</div>";
-    } else if name.starts_with("attack") {
-        let res = v
-            .get("results")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let rows: Vec<Vec<String>> = res
-            .iter()
-            .map(|e| {
-                vec![
-                    format!("{:.5}", num(e, "eps").unwrap_or(f64::NAN)),
-                    f4(num(e, "robust_accuracy")),
-                    f4(num(e, "success_rate")),
-                ]
-            })
-            .collect();
-        let _ = write!(
-            o,
-            "<p>clean accuracy {}, {} steps, refinement {} SGLD steps</p>",
-            f4(num(v, "clean_accuracy")),
-            f4(num(v, "steps")),
-            f4(num(v, "refine_steps"))
-        );
-        o += &table(
-            &id,
-            &["epsilon", "robust accuracy", "attack success rate"],
-            &rows,
-        );
-        o += &figures::attack_curve(v);
-    } else if name.starts_with("samples") {
-        o += &table(
-            &id,
-            &[
-                "FID",
-                "FID test halves",
-                "Inception-style score",
-                "score of test images",
-            ],
-            &[[
-                "fid",
-                "fid_test_halves",
-                "inception_score",
-                "inception_score_test",
-            ]
-            .iter()
-            .map(|k| f4(num(v, k)))
-            .collect()],
-        );
-        let div = |k: &str| {
-            v.get(k)
-                .and_then(Value::as_array)
-                .map(|a| a.iter().map(|x| f4(x.as_f64())).collect::<Vec<_>>())
-                .unwrap_or_default()
-        };
-        let (d, t) = (div("diversity"), div("diversity_test"));
-        let rows: Vec<Vec<String>> = d
-            .iter()
-            .zip(t.iter())
-            .enumerate()
-            .map(|(c, (a, b))| vec![c.to_string(), a.clone(), b.clone()])
-            .collect();
-        o += &table(
-            &format!("{id}-diversity"),
-            &["class", "sample diversity", "test-image diversity"],
-            &rows,
-        );
-        let _ = write!(
-            o,
-            "<p>Features of {}: not Inception-v3, comparable between runs evaluated with the same feature run.</p>",
-            escape(v.get("feature_run").and_then(Value::as_str).unwrap_or("?"))
-        );
-    } else {
-        let _ = write!(
-            o,
-            "<pre>{}</pre>",
-            escape(&serde_json::to_string_pretty(v).unwrap_or_default())
-        );
-    }
+    let render: fn(&mut String, &str, &Value) = match name {
+        n if n.starts_with("accuracy") => eval_accuracy,
+        n if n.starts_with("calibration") => eval_calibration,
+        n if n.starts_with("ood") => eval_ood,
+        n if n.starts_with("attack") => eval_attack,
+        n if n.starts_with("samples") => eval_samples,
+        _ => eval_other,
+    };
+    render(&mut o, &id, v);
     o
 }
 

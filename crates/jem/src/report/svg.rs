@@ -67,16 +67,33 @@ fn fmt_tick(v: f64) -> String {
     }
 }
 
-/// A chart with a title and axis labels; `y_range` fixes the y axis (else it fits the data).
-pub fn chart(
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-    y_range: Option<(f64, f64)>,
-) -> String {
-    let (w, h) = (460.0, 280.0);
-    let (ml, mr, mt, mb) = (56.0, 12.0, 28.0, 44.0);
+/// The plot area of a chart and its data ranges.
+struct Frame {
+    w: f64,
+    h: f64,
+    ml: f64,
+    mr: f64,
+    mt: f64,
+    mb: f64,
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+}
+
+impl Frame {
+    fn sx(&self, x: f64) -> f64 {
+        self.ml + (x - self.x0) / (self.x1 - self.x0) * (self.w - self.ml - self.mr)
+    }
+
+    fn sy(&self, y: f64) -> f64 {
+        self.mt + (1.0 - (y - self.y0) / (self.y1 - self.y0)) * (self.h - self.mt - self.mb)
+    }
+}
+
+/// The data ranges `(x0, x1, y0, y1)` of `series` (bars widen x and include 0 in y);
+/// `y_range` fixes the y axis.
+fn bounds(series: &[Series], y_range: Option<(f64, f64)>) -> (f64, f64, f64, f64) {
     let pts = series
         .iter()
         .flat_map(|s| s.points.iter())
@@ -112,17 +129,28 @@ pub fn chart(
     if y1 <= y0 {
         y1 = y0 + 1.0;
     }
-    let sx = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
-    let sy = |y: f64| mt + (1.0 - (y - y0) / (y1 - y0)) * (h - mt - mb);
-    let mut o = String::new();
+    (x0, x1, y0, y1)
+}
+
+/// The SVG header, title, grid lines with tick labels, frame and axis labels.
+fn axes(o: &mut String, f: &Frame, title: &str, x_label: &str, y_label: &str) {
+    let Frame {
+        w,
+        h,
+        ml,
+        mr,
+        mt,
+        mb,
+        ..
+    } = *f;
     let _ = write!(
         o,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/><text x="{}" y="16" text-anchor="middle" font-size="13" font-weight="bold">{}</text>"#,
         w / 2.0,
         escape(title)
     );
-    for t in ticks(y0, y1) {
-        let y = sy(t);
+    for t in ticks(f.y0, f.y1) {
+        let y = f.sy(t);
         let _ = write!(
             o,
             r##"<line x1="{ml}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
@@ -132,8 +160,8 @@ pub fn chart(
             fmt_tick(t)
         );
     }
-    for t in ticks(x0, x1) {
-        let x = sx(t);
+    for t in ticks(f.x0, f.x1) {
+        let x = f.sx(t);
         let _ = write!(
             o,
             r##"<line x1="{x:.1}" x2="{x:.1}" y1="{}" y2="{}" stroke="#ccc"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
@@ -162,63 +190,94 @@ pub fn chart(
         (mt + h - mb) / 2.0,
         escape(y_label)
     );
-    for (i, s) in series.iter().enumerate() {
-        let finite: Vec<(f64, f64)> = s
-            .points
-            .iter()
-            .copied()
-            .filter(|p| p.0.is_finite() && p.1.is_finite())
-            .collect();
-        if let Some(bw) = s.bar_width {
-            for &(x, y) in &finite {
-                let (xa, xb) = (sx(x - bw / 2.0), sx(x + bw / 2.0));
-                let (ya, yb) = (sy(y.max(y0)), sy(0.0f64.max(y0)));
-                if (yb - ya).abs() < 0.05 {
-                    continue; // an empty bar
-                }
-                let _ = write!(
-                    o,
-                    r#"<rect x="{xa:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}" fill-opacity="0.55"/>"#,
-                    ya.min(yb),
-                    (xb - xa).max(0.5),
-                    (yb - ya).abs(),
-                    s.color
-                );
+}
+
+/// Series `i`: bars or a line (and dots), and its legend entry.
+fn draw_series(o: &mut String, f: &Frame, i: usize, s: &Series) {
+    let (y0, y1) = (f.y0, f.y1);
+    let finite: Vec<(f64, f64)> = s
+        .points
+        .iter()
+        .copied()
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect();
+    if let Some(bw) = s.bar_width {
+        for &(x, y) in &finite {
+            let (xa, xb) = (f.sx(x - bw / 2.0), f.sx(x + bw / 2.0));
+            let (ya, yb) = (f.sy(y.max(y0)), f.sy(0.0f64.max(y0)));
+            if (yb - ya).abs() < 0.05 {
+                continue; // an empty bar
             }
-        } else if finite.len() > 1 {
-            let path: Vec<String> = finite
-                .iter()
-                .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y.clamp(y0, y1))))
-                .collect();
             let _ = write!(
                 o,
-                r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
-                s.color,
-                path.join(" ")
+                r#"<rect x="{xa:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}" fill-opacity="0.55"/>"#,
+                ya.min(yb),
+                (xb - xa).max(0.5),
+                (yb - ya).abs(),
+                s.color
             );
         }
-        if s.dots || finite.len() == 1 {
-            for &(x, y) in &finite {
-                let _ = write!(
-                    o,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"/>"#,
-                    sx(x),
-                    sy(y.clamp(y0, y1)),
-                    s.color
-                );
-            }
-        }
-        let ly = mt + 12.0 + 14.0 * i as f64;
+    } else if finite.len() > 1 {
+        let path: Vec<String> = finite
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", f.sx(x), f.sy(y.clamp(y0, y1))))
+            .collect();
         let _ = write!(
             o,
-            r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#,
-            ml + 8.0,
-            ly - 9.0,
+            r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
             s.color,
-            ml + 22.0,
-            ly,
-            escape(&s.label)
+            path.join(" ")
         );
+    }
+    if s.dots || finite.len() == 1 {
+        for &(x, y) in &finite {
+            let _ = write!(
+                o,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"/>"#,
+                f.sx(x),
+                f.sy(y.clamp(y0, y1)),
+                s.color
+            );
+        }
+    }
+    let ly = f.mt + 12.0 + 14.0 * i as f64;
+    let _ = write!(
+        o,
+        r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+        f.ml + 8.0,
+        ly - 9.0,
+        s.color,
+        f.ml + 22.0,
+        ly,
+        escape(&s.label)
+    );
+}
+
+/// A chart with a title and axis labels; `y_range` fixes the y axis (else it fits the data).
+pub fn chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    y_range: Option<(f64, f64)>,
+) -> String {
+    let (x0, x1, y0, y1) = bounds(series, y_range);
+    let frame = Frame {
+        w: 460.0,
+        h: 280.0,
+        ml: 56.0,
+        mr: 12.0,
+        mt: 28.0,
+        mb: 44.0,
+        x0,
+        x1,
+        y0,
+        y1,
+    };
+    let mut o = String::new();
+    axes(&mut o, &frame, title, x_label, y_label);
+    for (i, s) in series.iter().enumerate() {
+        draw_series(&mut o, &frame, i, s);
     }
     o.push_str("</svg>");
     o

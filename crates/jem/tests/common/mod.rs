@@ -2,13 +2,14 @@
 #![allow(dead_code)]
 
 use burn::prelude::*;
+use jem::Engine;
 use jem::config::TrainConfig;
 use jem::data::{Dataset, DatasetKind, load_files};
 use jem::loss::Objective;
 use jem::model::{Classifier, ModelConfig};
 use jem::optim::Optimizer;
 use jem::rng::Rng;
-use jem::train::iteration;
+use jem::step::{StepInputs, iteration};
 
 /// The synthetic data set (train, test) written to a temporary folder and read back.
 pub fn synthetic(n_train: usize, n_test: usize, seed: u64) -> (Dataset, Dataset) {
@@ -36,20 +37,23 @@ pub fn trained_softmax(data: &Dataset) -> (Classifier, f64) {
     for step in 0..200 {
         let idx: Vec<usize> = (0..32).map(|i| (step * 32 + i) % data.len()).collect();
         let batch = data.batch(&idx, &cfg.data.augment, &mut rng);
-        let (m, metrics) = iteration(
-            &cfg,
-            model,
-            &mut opt,
-            None,
-            &batch,
-            [1, 28, 28],
-            10,
-            3e-3,
-            &mut rng,
-            &d,
-        )
-        .map_err(|d| format!("{} {}", d.what, d.value))
-        .unwrap();
+        let inputs = StepInputs {
+            cfg: &cfg,
+            engine: Engine::for_model(&model),
+            batch: &batch,
+            shape: [1, 28, 28],
+            num_classes: 10,
+            lr: 3e-3,
+            critic_lr: 0.0,
+            optim: &mut opt,
+            buffer: None,
+            critic: None,
+            rng: &mut rng,
+            device: &d,
+        };
+        let (m, metrics) = iteration(model, inputs)
+            .map_err(|d| format!("{} {}", d.what, d.value))
+            .unwrap();
         model = m;
         last_acc = metrics.acc.expect("a classifier reports accuracy");
     }

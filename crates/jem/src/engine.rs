@@ -1,0 +1,156 @@
+//! The compute engine: how input gradients, chains and training steps are computed. It is
+//! chosen once, when a trainer or an evaluation is created, and passed down as a value; the
+//! maths modules ([`crate::sgld`], [`crate::energy`], the step and the evaluations) take it
+//! as an argument and never test the model or device themselves.
+//!
+//! - [`Engine::CnnCpu`]: jem's own CPU kernel of the benchmark CNN ([`crate::cnn_cpu`]), on
+//!   the CPU backend of a machine with AVX-512.
+//! - [`Engine::Autodiff`]: burn's autodiff, for every other model and device (and the
+//!   reference the kernel is tested against).
+
+use burn::prelude::*;
+
+use crate::cnn_cpu::{self, CnnKernel, HostTarget};
+use crate::energy::{self, Target};
+use crate::error::ConfigError;
+use crate::model::{Classifier, ModelConfig};
+use crate::rng::Rng;
+use crate::sgld::{self, Precision, SgldConfig, SgldOutput};
+
+/// Where gradients are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The CPU kernel of the benchmark CNN.
+    CnnCpu,
+    /// burn's autodiff: any model, any device.
+    Autodiff,
+}
+
+impl Engine {
+    /// The engine for a model built from `model` on `device`: the CPU kernel for the CNN on
+    /// the CPU backend of a CPU with AVX-512, else autodiff.
+    pub fn for_config(model: &ModelConfig, device: &Device) -> Engine {
+        let cnn = matches!(model, ModelConfig::Cnn { .. });
+        if cnn && cnn_cpu::cpu_device(device) && cnn_cpu::supports(Precision::F32) {
+            Engine::CnnCpu
+        } else {
+            Engine::Autodiff
+        }
+    }
+
+    /// The engine for `model` as it is (its kind and the device its parameters live on).
+    pub fn for_model(model: &Classifier) -> Engine {
+        if cnn_cpu::available(model) {
+            Engine::CnnCpu
+        } else {
+            Engine::Autodiff
+        }
+    }
+
+    /// A short name for logs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::CnnCpu => "cnn-cpu",
+            Engine::Autodiff => "autodiff",
+        }
+    }
+
+    /// `Err` naming `sgld.precision` when this engine cannot run chains at `precision`
+    /// (bf16 needs the CPU kernel, on a CPU with AVX512-BF16).
+    pub fn check_chains(self, precision: Precision) -> Result<(), ConfigError> {
+        if precision == Precision::F32 {
+            return Ok(());
+        }
+        if self != Engine::CnnCpu {
+            return Err(ConfigError::field(
+                "sgld.precision",
+                "bf16 chains run in the CPU kernel of the CNN only (this run's model or device is not the CNN on the CPU); use f32",
+            ));
+        }
+        if !cnn_cpu::supports(precision) {
+            return Err(ConfigError::field(
+                "sgld.precision",
+                "bf16 chains need a CPU with AVX512-BF16, which this one lacks (use f32)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The CPU kernel of `model` at `precision`, for [`Engine::CnnCpu`] (`None` for autodiff,
+    /// or a model the kernel does not cover).
+    pub fn kernel(self, model: &Classifier, precision: Precision) -> Option<CnnKernel> {
+        match self {
+            Engine::CnnCpu => CnnKernel::with_precision(model, precision),
+            Engine::Autodiff => None,
+        }
+    }
+
+    /// `sum_i target(x_i)` and its gradient with respect to `x`, the parameters frozen.
+    ///
+    /// # Shapes
+    /// `x: [b, c, h, w] -> ([b, c, h, w] gradient, [b] per-image target)`
+    pub fn input_grad(
+        self,
+        model: &Classifier,
+        x: Tensor<4>,
+        target: &Target,
+    ) -> (Tensor<4>, Tensor<1>) {
+        let Some(mut kernel) = self.kernel(model, Precision::F32) else {
+            return energy::input_grad(model, x, target);
+        };
+        let dims = x.dims();
+        let [b, c, h, w] = dims;
+        let labels = cnn_cpu::labels_of(target);
+        let values: Vec<f32> = x.clone().into_data().try_to_vec().expect("f32 inputs");
+        let (g, v) = kernel.input_grad(&values, b, [c, h, w], host_target(&labels));
+        let device = x.device().inner();
+        (
+            Tensor::from_data(TensorData::new(g, dims), &device),
+            Tensor::from_data(TensorData::new(v, [b]), &device),
+        )
+    }
+
+    /// Run `params.steps` SGLD (or proximal SGLD) steps from `start` on `target` (use
+    /// [`Target::Marginal`] for `log p(x)`, [`Target::Joint`] for `log p(x, y)`): a pure
+    /// function of (engine, model, start, rng, params). The kernel and autodiff give the same
+    /// updates and noise draws, gradients equal up to rounding.
+    ///
+    /// # Shapes
+    /// `start: [b, c, h, w] -> samples [b, c, h, w]`
+    pub fn sgld(
+        self,
+        model: &Classifier,
+        start: Tensor<4>,
+        target: &Target,
+        params: &SgldConfig,
+        rng: &mut Rng,
+    ) -> SgldOutput {
+        let Some(mut kernel) = self.kernel(model, params.precision) else {
+            if params.precision != Precision::F32 {
+                tracing::warn!("bf16 chains need the CPU kernel of the CNN; these run in f32");
+            }
+            return sgld::chains_tensor(start, params, rng, |x| {
+                energy::input_grad(model, x, target).0
+            });
+        };
+        let dims = start.dims();
+        let [b, c, h, w] = dims;
+        let device = start.device().inner();
+        let labels = cnn_cpu::labels_of(target);
+        let x: Vec<f32> = start.into_data().try_to_vec().expect("f32 chains");
+        let (x, grad_norm) = sgld::chains_host(x, c * h * w, params, rng, |x| {
+            kernel.input_grad(x, b, [c, h, w], host_target(&labels)).0
+        });
+        SgldOutput {
+            samples: Tensor::<4>::from_data(TensorData::new(x, dims), &device),
+            grad_norm,
+        }
+    }
+}
+
+fn host_target(labels: &Option<Vec<usize>>) -> HostTarget<'_> {
+    match labels {
+        None => HostTarget::Marginal,
+        Some(ys) => HostTarget::Joint(ys),
+    }
+}

@@ -1,0 +1,73 @@
+//! The loss and update of a softmax, JEM or IGEBM iteration through burn's autodiff: any
+//! model, any device (and the reference the CPU kernel's step is tested against).
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+
+use super::{Chains, StepInputs, StepResult};
+use crate::energy::{cross_entropy, one_hot};
+use crate::loss::{Objective, igebm_loss, loss};
+use crate::metrics::{Divergence, StepMetrics};
+use crate::model::Classifier;
+
+/// Forward data and samples in one pass, the loss, backward, one optimiser step.
+pub(super) fn iteration(model: Classifier, inputs: &mut StepInputs, chains: &Chains) -> StepResult {
+    let (cfg, device) = (inputs.cfg, inputs.device);
+    let labels = &inputs.batch.labels;
+    let b = labels.len();
+    let (px_rows, k) = (chains.px_rows, inputs.num_classes);
+    let data_oh = one_hot(labels, k, device); // [b, k]
+    let x = Tensor::cat(chains.tensors.clone(), 0); // [b + px_rows + pxy_rows, c, h, w]
+    let logits = model.forward(x); // [rows, k]
+    let data_logits = logits.clone().slice(0..b); // [b, k]
+    let px_logits = (px_rows > 0).then(|| logits.clone().slice(b..b + px_rows)); // [b, k]
+    let pxy = (chains.pxy_rows > 0).then(|| {
+        let oh = one_hot(labels, k, device); // [b, k]
+        (logits.clone().slice(b + px_rows..b + px_rows + b), oh)
+    });
+    let scalar = logits.dims()[1] == 1;
+    let (total, mut scalars, has_lse_sample) = if cfg.loss.objective == Objective::Igebm {
+        let (samples, oh) = match (px_logits, pxy) {
+            (Some(s), _) => (s, None),
+            (None, Some((s, oh))) => (s, Some((data_oh.clone(), oh))),
+            (None, None) => unreachable!("IGEBM always samples"),
+        };
+        let (total, md, ms) = igebm_loss(cfg.loss.energy_l2, data_logits.clone(), samples, oh);
+        let scalars = vec![total.clone().detach(), md.detach(), ms.detach()];
+        (total, scalars, true)
+    } else {
+        let parts = loss(
+            &cfg.loss,
+            data_logits.clone(),
+            data_oh.clone(),
+            px_logits,
+            pxy,
+        );
+        let has = parts.lse_sample.is_some();
+        let lse_data = parts.lse_data.detach();
+        let lse_sample = parts.lse_sample.map_or(lse_data.clone(), |t| t.detach());
+        let scalars = vec![parts.total.clone().detach(), lse_data, lse_sample];
+        (parts.total, scalars, has)
+    };
+    if !scalar {
+        scalars.push(cross_entropy(data_logits.clone(), data_oh.clone()).detach());
+        let correct = data_logits
+            .argmax(1)
+            .equal(data_oh.argmax(1))
+            .float()
+            .mean(); // [1]
+        scalars.push(correct);
+    }
+    let values: Vec<f32> = Tensor::cat(scalars, 0)
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("scalars are f32"); // [3 or 5]
+    let loss_value = Divergence::check("loss", values[0] as f64)?;
+    let grads = GradientsParams::from_grads(total.backward(), &model);
+    let model = inputs.optim.step(inputs.lr, model, grads);
+    let mut m = StepMetrics::new(loss_value, values[1] as f64, inputs.lr);
+    m.lse_sample = has_lse_sample.then_some(values[2] as f64);
+    m.ce = values.get(3).map(|&v| v as f64);
+    m.acc = values.get(4).map(|&v| v as f64);
+    Ok((model, m))
+}

@@ -1,0 +1,208 @@
+//! The forward/backward pass and update of a softmax, JEM or IGEBM iteration through the CPU
+//! kernel of the CNN: the loss and its gradient in the logits in closed form, weight
+//! gradients by GEMM.
+
+use super::{Chains, StepInputs, StepResult};
+use crate::cnn_cpu::{self, CnnKernel};
+use crate::loss::{LossConfig, Objective};
+use crate::metrics::{Divergence, StepMetrics};
+use crate::model::Classifier;
+
+/// Forward data and samples, the closed-form loss gradient, backward, one optimiser step.
+pub(super) fn iteration(
+    model: Classifier,
+    inputs: &mut StepInputs,
+    mut kernel: CnnKernel,
+    chains: &Chains,
+) -> StepResult {
+    let labels = &inputs.batch.labels;
+    let rows = Rows {
+        b: labels.len(),
+        px: chains.px_rows,
+        pxy: chains.pxy_rows,
+    };
+    let n = rows.b + rows.px + rows.pxy;
+    let logits = kernel.forward(&chains.host_rows, n, inputs.shape); // [n, outputs]
+    let (dl, metrics) = match inputs.cfg.loss.objective {
+        Objective::Igebm => igebm(
+            inputs.cfg.loss.energy_l2 as f64,
+            labels,
+            &logits,
+            kernel.outputs(),
+            rows,
+            inputs.lr,
+        )?,
+        _ => jem(
+            &inputs.cfg.loss,
+            labels,
+            &logits,
+            inputs.num_classes,
+            rows,
+            inputs.lr,
+        )?,
+    };
+    let (_, grads) = kernel.backward(n, inputs.shape, &dl, false, true);
+    let device = model.device().inner();
+    let grads =
+        cnn_cpu::gradients_params(&model, &grads.expect("weight gradients requested"), &device);
+    let model = inputs.optim.step(metrics.lr, model, grads);
+    Ok((model, metrics))
+}
+
+/// Rows of the kernel's batch: data, then `log p(x)` samples, then `log p(x, y)` samples.
+#[derive(Clone, Copy)]
+struct Rows {
+    b: usize,
+    px: usize,
+    pxy: usize,
+}
+
+/// Sums over the data and sample rows of a softmax or JEM loss.
+#[derive(Default)]
+struct Sums {
+    ce: f64,
+    lse_data: f64,
+    lse_sample: f64,
+    fy_data: f64,
+    fy_sample: f64,
+    correct: usize,
+}
+
+/// The softmax or JEM loss of [`crate::loss::loss`] on the kernel's logits (`k` per row)
+/// and its gradient in them.
+fn jem(
+    l: &LossConfig,
+    labels: &[usize],
+    logits: &[f32],
+    k: usize,
+    rows: Rows,
+    lr: f64,
+) -> Result<(Vec<f32>, StepMetrics), Divergence> {
+    let jem = l.objective == Objective::Jem;
+    let px = if jem && rows.px > 0 { l.px_weight } else { 0.0 };
+    let pxy = if jem && rows.pxy > 0 {
+        l.pxy_weight
+    } else {
+        0.0
+    };
+    let Rows { b, .. } = rows;
+    let (dl, s) = jem_gradient(l.pyx_weight, px, pxy, labels, logits, k, rows);
+    let bf = b as f64;
+    let mut total = l.pyx_weight as f64 * s.ce / bf;
+    let lse_sample = (rows.px > 0 && jem).then(|| s.lse_sample / rows.px as f64);
+    if let Some(ls) = lse_sample.filter(|_| px > 0.0) {
+        total += px as f64 * (ls - s.lse_data / bf);
+    }
+    if pxy > 0.0 {
+        total += pxy as f64 * (s.fy_sample / rows.pxy as f64 - s.fy_data / bf);
+    }
+    let total = Divergence::check("loss", total)?;
+    let mut m = StepMetrics::new(total, s.lse_data / bf, lr);
+    m.ce = Some(s.ce / bf);
+    m.lse_sample = lse_sample;
+    m.acc = Some(s.correct as f64 / bf);
+    Ok((dl, m))
+}
+
+/// The gradient of the weighted loss in every row's logits, and the sums of its terms.
+fn jem_gradient(
+    pyx: f32,
+    px: f32,
+    pxy: f32,
+    labels: &[usize],
+    logits: &[f32],
+    k: usize,
+    Rows {
+        b,
+        px: px_rows,
+        pxy: pxy_rows,
+    }: Rows,
+) -> (Vec<f32>, Sums) {
+    let n = b + px_rows + pxy_rows;
+    let inv_b = 1.0 / b as f32;
+    let mut dl = vec![0.0f32; n * k];
+    let mut s = Sums::default();
+    for i in 0..n {
+        let row = &logits[i * k..(i + 1) * k];
+        let (lse, p) = cnn_cpu::softmax(row);
+        let d = &mut dl[i * k..(i + 1) * k];
+        if i < b {
+            let y = labels[i];
+            s.ce += (lse - row[y]) as f64;
+            s.lse_data += lse as f64;
+            s.fy_data += row[y] as f64;
+            s.correct += usize::from(argmax(row) == y);
+            for j in 0..k {
+                d[j] = (pyx - px) * p[j] * inv_b;
+            }
+            d[y] -= (pyx + pxy) * inv_b;
+        } else if i < b + px_rows {
+            s.lse_sample += lse as f64;
+            for j in 0..k {
+                d[j] = px * p[j] / px_rows as f32;
+            }
+        } else {
+            let y = labels[i - b - px_rows];
+            s.fy_sample += row[y] as f64;
+            d[y] += pxy / pxy_rows as f32;
+        }
+    }
+    (dl, s)
+}
+
+/// The first index of a row's largest value.
+fn argmax(row: &[f32]) -> usize {
+    (0..row.len()).fold(0, |m, j| if row[j] > row[m] { j } else { m })
+}
+
+/// The IGEBM loss of [`crate::loss::igebm_loss`] on the kernel's logits (`outputs` per row:
+/// 1 for the scalar energy) and its gradient in them.
+fn igebm(
+    alpha: f64,
+    labels: &[usize],
+    logits: &[f32],
+    outputs: usize,
+    Rows { b, px, pxy }: Rows,
+    lr: f64,
+) -> Result<(Vec<f32>, StepMetrics), Divergence> {
+    let m = px + pxy;
+    let conditional = pxy > 0;
+    let energy = |i: usize| -> (usize, f64) {
+        let row = &logits[i * outputs..(i + 1) * outputs];
+        if conditional {
+            let y = labels[if i < b { i } else { i - b }];
+            (y, row[y] as f64)
+        } else {
+            (0, row[0] as f64)
+        }
+    };
+    let mut dl = vec![0.0f32; (b + m) * outputs];
+    let (mut sd, mut ss, mut qd, mut qs) = (0f64, 0f64, 0f64, 0f64);
+    for i in 0..b + m {
+        let (j, f) = energy(i);
+        let (count, sign) = if i < b { (b, -1.0) } else { (m, 1.0) };
+        dl[i * outputs + j] = ((sign + 2.0 * alpha * f) / count as f64) as f32;
+        if i < b {
+            sd += f;
+            qd += f * f;
+        } else {
+            ss += f;
+            qs += f * f;
+        }
+    }
+    let (md, ms) = (sd / b as f64, ss / m as f64);
+    let total = Divergence::check("loss", ms - md + alpha * (qd / b as f64 + qs / m as f64))?;
+    let mut metrics = StepMetrics::new(total, md, lr);
+    metrics.lse_sample = Some(ms);
+    if outputs > 1 {
+        let (mut c, mut ok) = (0f64, 0usize);
+        for (i, &y) in labels.iter().enumerate() {
+            let row = &logits[i * outputs..(i + 1) * outputs];
+            c += (cnn_cpu::softmax(row).0 - row[y]) as f64;
+            ok += usize::from(argmax(row) == y);
+        }
+        metrics.ce = Some(c / b as f64);
+        metrics.acc = Some(ok as f64 / b as f64);
+    }
+    Ok((dl, metrics))
+}

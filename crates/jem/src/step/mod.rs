@@ -1,0 +1,165 @@
+//! One training iteration, for every objective: draw chains from the buffer and run them
+//! (JEM, IGEBM), one forward/backward pass on data and samples together, one optimiser
+//! step; or the critic and classifier updates of `--objective lsd` ([`lsd`]).
+//!
+//! [`iteration`] is the one entry point. It takes the model and one [`StepInputs`], and
+//! dispatches once on the objective and the compute engine: the CPU kernel of the CNN
+//! ([`kernel`]: the loss and its gradient in the logits in closed form, weight gradients by
+//! GEMM) or burn's autodiff ([`autodiff`]); both give the same step up to float rounding.
+
+mod autodiff;
+mod kernel;
+mod lsd;
+
+use std::time::Instant;
+
+use burn::prelude::*;
+
+use crate::buffer::ReplayBuffer;
+use crate::config::TrainConfig;
+use crate::data::Batch;
+use crate::energy::{Target, one_hot};
+use crate::engine::Engine;
+use crate::loss::Objective;
+use crate::lsd::CriticState;
+use crate::metrics::{Divergence, StepMetrics};
+use crate::model::Classifier;
+use crate::optim::Optimizer;
+use crate::rng::Rng;
+use crate::sgld::Precision;
+
+/// What one iteration reads, and the state it updates besides the model.
+pub struct StepInputs<'a> {
+    /// The run's config, with the recovery back-off already applied to the sampler.
+    pub cfg: &'a TrainConfig,
+    /// Where gradients are computed.
+    pub engine: Engine,
+    /// The data batch.
+    pub batch: &'a Batch,
+    /// Image shape `[c, h, w]`.
+    pub shape: [usize; 3],
+    /// Classes of the data set.
+    pub num_classes: usize,
+    /// The model's learning rate for this step.
+    pub lr: f64,
+    /// The Stein critic's learning rate (`--objective lsd`).
+    pub critic_lr: f64,
+    /// The model's optimiser.
+    pub optim: &'a mut Optimizer,
+    /// The replay buffer (objectives that sample).
+    pub buffer: Option<&'a mut ReplayBuffer>,
+    /// The Stein critic and its optimiser (`--objective lsd`).
+    pub critic: Option<&'a mut CriticState>,
+    /// The run's generator.
+    pub rng: &'a mut Rng,
+    /// The model's (autodiff) device.
+    pub device: &'a Device,
+}
+
+/// The step's update is kept (`Ok`), or the divergence it detected is returned and nothing
+/// was updated.
+pub type StepResult = std::result::Result<(Classifier, StepMetrics), Divergence>;
+
+/// One training iteration on `inputs.batch`: returns the updated model and the step's
+/// metrics, or the divergence it detected (in which case no update was applied).
+pub fn iteration(model: Classifier, mut inputs: StepInputs) -> StepResult {
+    let t0 = Instant::now();
+    if inputs.cfg.loss.objective == Objective::Lsd {
+        let critic = inputs
+            .critic
+            .take()
+            .expect("an lsd run always has a critic");
+        return lsd::iteration(model, &mut inputs, critic, t0);
+    }
+    let chains = sample_chains(&model, &mut inputs);
+    let mut out = match inputs.engine.kernel(&model, Precision::F32) {
+        Some(kernel) => kernel::iteration(model, &mut inputs, kernel, &chains),
+        None => autodiff::iteration(model, &mut inputs, &chains),
+    };
+    if let Ok((_, m)) = &mut out {
+        m.sgld_grad_norm = chains.grad_norm;
+        m.n_reinit = chains.n_reinit;
+        m.ms = t0.elapsed().as_secs_f64() * 1e3;
+    }
+    out
+}
+
+/// The inputs of the loss: the data batch, then the `log p(x)` chains, then the
+/// `log p(x, y)` chains (those the objective asks for), as tensors and as host rows.
+struct Chains {
+    /// Data and samples as autodiff tensors, `[b, c, h, w]` each.
+    tensors: Vec<Tensor<4>>,
+    /// The same rows on the host, `[b + px_rows + pxy_rows, c, h, w]` row-major.
+    host_rows: Vec<f32>,
+    /// Rows of `log p(x)` samples.
+    px_rows: usize,
+    /// Rows of `log p(x, y)` samples (the batch's classes).
+    pxy_rows: usize,
+    /// Mean SGLD gradient norm at the last step of the last chains run.
+    grad_norm: Option<f64>,
+    /// Chains restarted from noise.
+    n_reinit: Option<usize>,
+}
+
+/// Draw chains from the buffer, run them, store them back: JEM by its weights; IGEBM one
+/// kind, conditional with a conditional buffer.
+fn sample_chains(model: &Classifier, inputs: &mut StepInputs) -> Chains {
+    let (cfg, batch) = (inputs.cfg, inputs.batch);
+    let b = batch.labels.len();
+    let [c, h, w] = inputs.shape;
+    let x_data = Tensor::<4>::from_data(
+        TensorData::new(batch.images.clone(), [b, c, h, w]),
+        inputs.device,
+    ); // [b, c, h, w]
+    let mut out = Chains {
+        tensors: vec![x_data],
+        host_rows: batch.images.clone(),
+        px_rows: 0,
+        pxy_rows: 0,
+        grad_norm: None,
+        n_reinit: None,
+    };
+    let (want_px, want_pxy) = match cfg.loss.objective {
+        Objective::Igebm => (!cfg.buffer.conditional, cfg.buffer.conditional),
+        _ => (cfg.loss.px_weight > 0.0, cfg.loss.pxy_weight > 0.0),
+    };
+    let Some(buffer) = inputs.buffer.as_deref_mut() else {
+        return out;
+    };
+    if !cfg.loss.needs_sampling() {
+        return out;
+    }
+    let mut run = |labels: Option<&[usize]>, out: &mut Chains| {
+        let draw = buffer.draw(b, labels, cfg.buffer.reinit_freq, inputs.rng);
+        let inner = inputs.device.clone().inner();
+        let start =
+            Tensor::<4>::from_data(TensorData::new(draw.start.clone(), [b, c, h, w]), &inner);
+        let ys = draw.labels.as_deref().or(labels);
+        let target = match ys {
+            Some(ys) => Target::Joint(one_hot(ys, inputs.num_classes, &inner)),
+            None => Target::Marginal,
+        };
+        let s = inputs
+            .engine
+            .sgld(model, start, &target, &cfg.sgld, inputs.rng);
+        let values: Vec<f32> = s
+            .samples
+            .to_data()
+            .try_to_vec::<f32>()
+            .expect("samples are f32");
+        buffer.store(&draw.slots, &values);
+        out.host_rows.extend_from_slice(&values);
+        *out.n_reinit.get_or_insert(0) += draw.n_reinit;
+        out.grad_norm = Some(s.grad_norm as f64);
+        out.tensors.push(s.samples.autodiff());
+    };
+    if want_px {
+        run(None, &mut out);
+        out.px_rows = b;
+    }
+    if want_pxy {
+        run(Some(&batch.labels), &mut out);
+        out.pxy_rows = b;
+    }
+    out
+}
