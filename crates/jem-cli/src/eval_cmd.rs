@@ -393,6 +393,17 @@ pub(crate) fn eval_attack(a: AttackArgs, device: &jem::Device) -> Result<()> {
             return Ok(());
         }
     }
+    print_attack(&a, &run, &cfg, &r);
+    Ok(())
+}
+
+/// The attack's table on stdout (and the sanity warning on stderr).
+fn print_attack(
+    a: &AttackArgs,
+    run: &Run,
+    cfg: &AttackConfig,
+    r: &jem::eval::attack::AttackReport,
+) {
     println!(
         "{}: step {}, {} images, clean accuracy {:.4}; PGD {:?}, {} steps; refinement {} SGLD steps x {} chains",
         a.data.run.display(),
@@ -419,5 +430,4 @@ pub(crate) fn eval_attack(a: AttackArgs, device: &jem::Device) -> Result<()> {
             e.eps, e.robust_accuracy, e.success_rate
         );
     }
-    Ok(())
 }

@@ -154,3 +154,35 @@ fn host_target(labels: &Option<Vec<usize>>) -> HostTarget<'_> {
         Some(ys) => HostTarget::Joint(ys),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine follows the model and the device; bf16 chains are refused by name where
+    /// they cannot run.
+    #[test]
+    fn the_engine_is_chosen_from_model_and_device() {
+        let cpu = Device::flex();
+        let cnn = ModelConfig::default();
+        let wrn = ModelConfig::from_arch(crate::model::Arch::Wrn, 10, 1);
+        let kernel = if cnn_cpu::supports(Precision::F32) {
+            Engine::CnnCpu
+        } else {
+            Engine::Autodiff
+        };
+        assert_eq!(Engine::for_config(&cnn, &cpu), kernel);
+        assert_eq!(Engine::for_config(&wrn, &cpu), Engine::Autodiff);
+        let model = cnn.init_seeded(1, 10, &cpu.clone().autodiff(), 0);
+        assert_eq!(Engine::for_model(&model), kernel);
+        for engine in [Engine::CnnCpu, Engine::Autodiff] {
+            engine.check_chains(Precision::F32).unwrap();
+        }
+        let e = Engine::Autodiff
+            .check_chains(Precision::Bf16)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sgld.precision"), "{e}");
+        assert!(Engine::Autodiff.kernel(&model, Precision::F32).is_none());
+    }
+}

@@ -33,37 +33,58 @@ fn layer(module: &str) -> Option<usize> {
 }
 
 /// The source without comments and string literals (so that doc text naming a module does
-/// not count as an import).
+/// not count as an import, and braces in text do not count as code); newlines are kept, so
+/// line numbers stay those of the file.
 fn code_only(src: &str) -> String {
-    let mut out = String::with_capacity(src.len());
     let b = src.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
+    // Skip to `end` (exclusive of what follows it), keeping the newlines passed over.
+    let skip_to = |out: &mut Vec<u8>, from: usize, end: usize| {
+        out.extend(b[from..end.min(b.len())].iter().filter(|&&c| c == b'\n'));
+        end
+    };
     while i < b.len() {
+        let raw = b[i] == b'r' && (b.get(i + 1) == Some(&b'"') || b.get(i + 1) == Some(&b'#'));
         if b[i] == b'/' && b.get(i + 1) == Some(&b'/') {
             while i < b.len() && b[i] != b'\n' {
                 i += 1;
             }
         } else if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-            i += 2;
-            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+            let end = src[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+            i = skip_to(&mut out, i, end);
+        } else if raw && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')) {
+            let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
+            let open = i + 1 + hashes;
+            if b.get(open) != Some(&b'"') {
+                out.push(b[i]);
                 i += 1;
+                continue;
             }
-            i += 2;
+            let close = format!("\"{}", "#".repeat(hashes));
+            let end = src[open + 1..]
+                .find(&close)
+                .map_or(b.len(), |e| open + 1 + e + close.len());
+            i = skip_to(&mut out, i, end);
+            out.extend_from_slice(b"\"\"");
         } else if b[i] == b'"' {
-            i += 1;
-            while i < b.len() && b[i] != b'"' {
-                i += if b[i] == b'\\' { 2 } else { 1 };
+            let mut j = i + 1;
+            while j < b.len() && b[j] != b'"' {
+                j += if b[j] == b'\\' { 2 } else { 1 };
             }
-            i += 1;
-            out.push_str("\"\"");
+            i = skip_to(&mut out, i, j + 1);
+            out.extend_from_slice(b"\"\"");
+        } else if b[i] == b'\'' && b.get(i + 1) == Some(&b'\\') {
+            let end = src[i + 2..].find('\'').map_or(b.len(), |e| i + 2 + e + 1);
+            i = skip_to(&mut out, i, end); // an escaped char literal such as '\n'
         } else if b[i] == b'\'' && b.get(i + 2) == Some(&b'\'') {
             i += 3; // a char literal such as '{'
         } else {
-            out.push(b[i] as char);
+            out.push(b[i]);
             i += 1;
         }
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn ident_at(s: &str) -> String {
@@ -99,6 +120,48 @@ fn crate_refs(code: &str) -> Vec<String> {
             out.push(ident_at(after));
         }
         rest = after;
+    }
+    out
+}
+
+/// `(name, first line, lines)` of every function with a body in `code`.
+fn functions(code: &str) -> Vec<(String, usize, usize)> {
+    let b = code.as_bytes();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(pos) = code[at..].find("fn ") {
+        let start = at + pos;
+        at = start + 3;
+        let boundary =
+            start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+        let name = ident_at(&code[start + 3..]);
+        if !boundary || name.is_empty() {
+            continue;
+        }
+        let Some(open) = code[start..].find(['{', ';']).map(|o| start + o) else {
+            break;
+        };
+        if b[open] == b';' {
+            continue; // a declaration without a body
+        }
+        let mut depth = 0usize;
+        let mut close = open;
+        for (j, &c) in b.iter().enumerate().skip(open) {
+            match c {
+                b'{' => depth += 1,
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = j;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let line = code[..start].matches('\n').count() + 1;
+        let lines = code[start..=close].matches('\n').count() + 1;
+        out.push((name, line, lines));
     }
     out
 }
@@ -212,4 +275,43 @@ fn crate_references_are_found_in_code_only() {
         "use crate::{a::B, c};\n// crate::d\nlet s = \"crate::e\";\nlet x = crate::f::g();\nuse crate::h::{i, j};",
     );
     assert_eq!(crate_refs(&code), ["a", "c", "f", "h"]);
+}
+
+/// Longest a function may be outside the hand-tuned kernel (`cnn_cpu/`).
+const MAX_FUNCTION_LINES: usize = 80;
+
+#[test]
+fn no_function_outside_the_kernel_is_longer_than_80_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    rust_files(&root.join("../jem-cli/src"), &mut files);
+    let mut long = Vec::new();
+    for f in files
+        .iter()
+        .filter(|f| !f.components().any(|c| c.as_os_str() == "cnn_cpu"))
+    {
+        let code = code_only(&std::fs::read_to_string(f).unwrap());
+        for (name, line, lines) in functions(&code) {
+            if lines > MAX_FUNCTION_LINES {
+                long.push(format!("{}:{line} fn {name}: {lines} lines", f.display()));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "split these functions:\n{}",
+        long.join("\n")
+    );
+}
+
+/// The function finder counts lines from `fn` to the closing brace, braces in strings and
+/// raw strings aside.
+#[test]
+fn functions_are_measured_in_lines() {
+    let code = code_only(
+        "fn a() {\n    let s = \"}\";\n    let r = r#\"{\"#;\n}\nfn b();\npub fn c(x: u8) -> u8 {\n    x\n}\n",
+    );
+    let found: Vec<(String, usize, usize)> = functions(&code);
+    assert_eq!(found, [("a".to_string(), 1, 4), ("c".to_string(), 6, 3)]);
 }

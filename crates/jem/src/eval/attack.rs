@@ -302,6 +302,41 @@ impl Attacker<'_> {
     }
 }
 
+/// The report of `n_images` attacked, `correct_total` of them classified correctly, of which
+/// `broken[i]` were misclassified at radius `eps[i]`; with the sanity check.
+fn report(eps: &[f32], broken: &[usize], correct_total: usize, n_images: usize) -> AttackReport {
+    let n = n_images.max(1) as f64;
+    let results: Vec<EpsResult> = eps
+        .iter()
+        .zip(broken)
+        .map(|(&eps, &b)| EpsResult {
+            eps,
+            robust_accuracy: (correct_total - b) as f64 / n,
+            success_rate: if correct_total > 0 {
+                b as f64 / correct_total as f64
+            } else {
+                0.0
+            },
+        })
+        .collect();
+    let clean_accuracy = correct_total as f64 / n;
+    let mut by_eps: Vec<&EpsResult> = results.iter().collect();
+    by_eps.sort_by(|a, b| a.eps.total_cmp(&b.eps));
+    let sane = by_eps
+        .windows(2)
+        .all(|w| w[1].robust_accuracy <= w[0].robust_accuracy)
+        && results
+            .iter()
+            .filter(|e| e.eps == 0.0)
+            .all(|e| e.robust_accuracy == clean_accuracy);
+    AttackReport {
+        clean_accuracy,
+        n: n_images,
+        results,
+        sane,
+    }
+}
+
 /// Attack `data` (images the defended classifier gets right) at every radius of `cfg`.
 pub fn attack(
     engine: Engine,
@@ -361,35 +396,5 @@ pub fn attack(
             broken[e] += attacker.broken_at(&x0, &ys, eps01, rng);
         }
     }
-    let n = data.len().max(1) as f64;
-    let results: Vec<EpsResult> = cfg
-        .eps
-        .iter()
-        .zip(&broken)
-        .map(|(&eps, &b)| EpsResult {
-            eps,
-            robust_accuracy: (correct_total - b) as f64 / n,
-            success_rate: if correct_total > 0 {
-                b as f64 / correct_total as f64
-            } else {
-                0.0
-            },
-        })
-        .collect();
-    let clean_accuracy = correct_total as f64 / n;
-    let mut by_eps: Vec<&EpsResult> = results.iter().collect();
-    by_eps.sort_by(|a, b| a.eps.total_cmp(&b.eps));
-    let sane = by_eps
-        .windows(2)
-        .all(|w| w[1].robust_accuracy <= w[0].robust_accuracy)
-        && results
-            .iter()
-            .filter(|e| e.eps == 0.0)
-            .all(|e| e.robust_accuracy == clean_accuracy);
-    Ok(AttackReport {
-        clean_accuracy,
-        n: data.len(),
-        results,
-        sane,
-    })
+    Ok(report(&cfg.eps, &broken, correct_total, data.len()))
 }

@@ -1,11 +1,11 @@
 //! One training iteration, for every objective: draw chains from the buffer and run them
 //! (JEM, IGEBM), one forward/backward pass on data and samples together, one optimiser
-//! step; or the critic and classifier updates of `--objective lsd` ([`lsd`]).
+//! step; or the critic and classifier updates of `--objective lsd` (`step/lsd.rs`).
 //!
 //! [`iteration`] is the one entry point. It takes the model and one [`StepInputs`], and
 //! dispatches once on the objective and the compute engine: the CPU kernel of the CNN
-//! ([`kernel`]: the loss and its gradient in the logits in closed form, weight gradients by
-//! GEMM) or burn's autodiff ([`autodiff`]); both give the same step up to float rounding.
+//! (`step/kernel.rs`: the loss and its gradient in the logits in closed form, weight gradients
+//! by GEMM) or burn's autodiff (`step/autodiff.rs`); both give the same step up to float rounding.
 
 mod autodiff;
 mod kernel;
