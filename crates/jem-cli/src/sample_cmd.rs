@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use jem::eval::run::Run;
-use jem::eval::samples::{Classes, Start, draw_samples, sample_quality};
+use jem::eval::samples::{ChainSpec, Classes, Start, draw_samples, sample_quality};
 use jem::rng::Rng;
 
 #[derive(Args)]
@@ -25,9 +25,10 @@ pub(crate) struct SampleArgs {
     /// SGLD steps (default: 20 from the buffer, 200 from noise).
     #[arg(long)]
     pub(crate) steps: Option<usize>,
-    /// Where chains start.
-    #[arg(long, value_enum, default_value = "buffer")]
-    pub(crate) from: Start,
+    /// Where chains start (default: the buffer; for --class and --per-class, noise unless
+    /// the run's buffer is class-conditional).
+    #[arg(long, value_enum)]
+    pub(crate) from: Option<Start>,
     /// Number of samples (per class with --per-class).
     #[arg(long, default_value_t = 64)]
     pub(crate) n: usize,
@@ -49,15 +50,12 @@ pub(crate) fn sample(a: SampleArgs, device: &jem::Device) -> Result<()> {
         (None, true) => Classes::All,
         (None, false) => Classes::Unconditional,
     };
-    let (start, params) = chain_settings(&run, a.from, a.steps);
-    let s = draw_samples(
-        &run,
-        a.n,
-        &classes,
-        start,
-        &params,
-        &mut Rng::new(a.seed, 4),
-    )?;
+    let spec = match classes {
+        Classes::Unconditional => chains(&run, a.from.unwrap_or(Start::Buffer), a.steps),
+        _ => chains(&run, a.from.unwrap_or(Start::for_classes(&run)), a.steps),
+    };
+    let (start, params) = (spec.start, &spec.params);
+    let s = draw_samples(&run, a.n, &classes, start, params, &mut Rng::new(a.seed, 4))?;
     jem::image::save_grid(&a.out, &s.images, s.n, run.shape(), s.cols, a.scale)
         .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("wrote {} samples to {}", s.n, a.out.display());
@@ -79,9 +77,10 @@ pub(crate) struct QualityArgs {
     /// Conditional samples per class for the diversity.
     #[arg(long, default_value_t = 50)]
     per_class: usize,
-    /// Where chains start.
-    #[arg(long, value_enum, default_value = "buffer")]
-    from: Start,
+    /// Where chains start (default: the buffer for the unconditional samples; for the
+    /// class-conditional ones, noise unless the run's buffer is class-conditional).
+    #[arg(long, value_enum)]
+    from: Option<Start>,
     /// SGLD steps (default: 20 from the buffer, 200 from noise).
     #[arg(long)]
     steps: Option<usize>,
@@ -102,14 +101,16 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
     }
     let run = Run::open(&a.run, device)?;
     let feature_run = Run::open(&a.feature_run, device)?;
-    let (start, params) = chain_settings(&run, a.from, a.steps);
+    let uncond = chains(&run, a.from.unwrap_or(Start::Buffer), a.steps);
+    let by_class = chains(&run, a.from.unwrap_or(Start::for_classes(&run)), a.steps);
+    let (start, params) = (uncond.start, &uncond.params);
     let (r, s) = sample_quality(
         &run,
         &feature_run,
         a.n,
         a.per_class,
-        start,
-        &params,
+        &uncond,
+        &by_class,
         &mut Rng::new(a.seed, 7),
     )?;
     if let Some(out) = &a.out {
@@ -120,6 +121,7 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
     v["run"] = serde_json::json!(a.run.display().to_string());
     v["feature_run"] = serde_json::json!(a.feature_run.display().to_string());
     v["steps"] = serde_json::json!(params.steps);
+    v["class_steps"] = serde_json::json!(by_class.params.steps);
     v["step"] = serde_json::json!(run.state.step);
     jem::eval::store::save_result(&a.run, "samples", &v)?;
     let grid = jem::eval::store::eval_dir(&a.run).join("samples.png");
@@ -135,10 +137,7 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
         a.run.display(),
         r.n,
         params.steps,
-        match start {
-            Start::Buffer => "the buffer",
-            Start::Noise => "noise",
-        },
+        start_name(start),
         a.feature_run.display()
     );
     println!(
@@ -161,16 +160,28 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
         println!("  diversity per class {}", fmt(&r.diversity));
         println!("  test images         {}", fmt(&r.diversity_test));
     }
+    if let Some(acc) = r.sample_accuracy {
+        println!(
+            "  sample accuracy {acc:.3} (class-conditional samples, {} SGLD steps from {}, that the feature run assigns to their class); per class {}",
+            by_class.params.steps,
+            start_name(by_class.start),
+            fmt(&r.sample_accuracy_per_class)
+        );
+    }
     Ok(())
 }
 
-/// Chain start and SGLD parameters from the flags.
-fn chain_settings(run: &Run, from: Start, steps: Option<usize>) -> (Start, jem::sgld::SgldConfig) {
-    let start = from;
+fn start_name(s: Start) -> &'static str {
+    match s {
+        Start::Buffer => "the buffer",
+        Start::Noise => "noise",
+    }
+}
+
+/// Chains from `start`, with the run's sampler and `steps` (default: 20 from the buffer,
+/// 200 from noise).
+fn chains(run: &Run, start: Start, steps: Option<usize>) -> ChainSpec {
     let mut params = run.config.sgld.clone();
-    params.steps = steps.unwrap_or(match start {
-        Start::Buffer => 20,
-        Start::Noise => 200,
-    });
-    (start, params)
+    params.steps = steps.unwrap_or(start.default_steps());
+    ChainSpec { start, params }
 }

@@ -27,6 +27,10 @@ pub(crate) struct TrainArgs {
     /// TOML config file (see `jem config`); flags override it.
     #[arg(long, conflicts_with = "resume")]
     pub(crate) config: Option<PathBuf>,
+    /// A shipped recipe (`recipes/NAME.toml`): fashion-mnist, paper-cifar10; flags override
+    /// it.
+    #[arg(long, conflicts_with_all = ["resume", "config"])]
+    pub(crate) recipe: Option<String>,
     /// Data set.
     #[arg(long, value_enum)]
     pub(crate) dataset: Option<DatasetKind>,
@@ -66,6 +70,9 @@ pub(crate) struct TrainArgs {
     /// Warm-up iterations.
     #[arg(long)]
     pub(crate) warmup_steps: Option<u64>,
+    /// Sharpness-aware minimisation over the optimiser: the neighbourhood radius rho (0: off).
+    #[arg(long)]
+    pub(crate) sam_rho: Option<f64>,
     /// Chain update rule (sets its defaults; --sgld-* flags override them).
     #[arg(long, value_enum)]
     pub(crate) sampler: Option<SamplerKind>,
@@ -106,6 +113,9 @@ pub(crate) struct TrainArgs {
     /// IGEBM: weight of the energy penalty alpha * (E(x_data)^2 + E(x_sample)^2).
     #[arg(long)]
     pub(crate) energy_l2: Option<f32>,
+    /// JEM: weight of the energy-magnitude penalty beta * (lse(x_data)^2 + lse(x_sample)^2).
+    #[arg(long)]
+    pub(crate) lse_l2: Option<f32>,
     /// Divide every weight matrix by its spectral norm after each update.
     #[arg(long)]
     pub(crate) spectral_norm: bool,
@@ -185,6 +195,7 @@ impl TrainArgs {
         });
         value(o, "--epochs", &self.epochs, |c, v| c.schedule.epochs = v);
         value(o, "--lr", &self.lr, |c, v| c.optim.lr = v);
+        value(o, "--sam-rho", &self.sam_rho, |c, v| c.optim.sam_rho = v);
         value(o, "--warmup-steps", &self.warmup_steps, |c, v| {
             c.optim.warmup_steps = v
         });
@@ -215,8 +226,12 @@ impl TrainArgs {
     /// Data, model, objective, buffer, seed and augmentation.
     fn run_overrides<'a>(&'a self, o: &mut Vec<Override<'a>>) {
         value(o, "--dataset", &self.dataset, |c, v: DatasetKind| {
-            c.data.dataset = v;
-            c.data.augment.hflip = v.flip_by_default();
+            // Another data set brings its own flip default; naming the config's own keeps
+            // what the config (or recipe) says.
+            if c.data.dataset != v {
+                c.data.dataset = v;
+                c.data.augment.hflip = v.flip_by_default();
+            }
         });
         value(o, "--data-dir", &self.data_dir, |c, v| c.data.dir = Some(v));
         let px_given = self.px_weight.is_some();
@@ -251,6 +266,7 @@ impl TrainArgs {
         value(o, "--energy-l2", &self.energy_l2, |c, v| {
             c.loss.energy_l2 = v
         });
+        value(o, "--lse-l2", &self.lse_l2, |c, v| c.loss.lse_l2 = v);
         switch(o, "--spectral-norm", self.spectral_norm, |c| {
             c.optim.spectral_norm = true
         });
@@ -364,9 +380,10 @@ pub(crate) fn train(args: TrainArgs, device: &jem::Device) -> Result<()> {
             Trainer::resume(dir, device, |c| args.apply(c))?
         }
         None => {
-            let mut cfg = match &args.config {
-                Some(p) => TrainConfig::from_file(p)?,
-                None => TrainConfig::default(),
+            let mut cfg = match (&args.config, &args.recipe) {
+                (Some(p), _) => TrainConfig::from_file(p)?,
+                (None, Some(name)) => TrainConfig::recipe(name)?,
+                (None, None) => TrainConfig::default(),
             };
             args.apply(&mut cfg);
             cfg.validate()?;

@@ -240,6 +240,16 @@ fn train_resume_eval_sample_bench() {
         v["fid"].as_f64().unwrap() >= 0.0 && v["inception_score"].as_f64().unwrap() >= 1.0 - 1e-9
     );
     assert_eq!(v["diversity"].as_array().unwrap().len(), 10);
+    // Sample accuracy: each class's samples as the feature run classifies them.
+    let per_class = v["sample_accuracy_per_class"].as_array().unwrap();
+    assert_eq!(per_class.len(), 10);
+    let acc = v["sample_accuracy"].as_f64().unwrap();
+    let mean = per_class.iter().map(|a| a.as_f64().unwrap()).sum::<f64>() / 10.0;
+    assert!(
+        (0.0..=1.0).contains(&acc) && (acc - mean).abs() < 1e-12,
+        "{v}"
+    );
+    assert_eq!(v["class_steps"], 2);
     assert!(grid.exists());
 
     // The report, rendered by a real browser: headless Chromium loads it and the tables are there.

@@ -22,6 +22,19 @@ pub use crate::recovery::RecoveryConfig;
 pub use crate::schedule::ScheduleConfig;
 use crate::sgld::{Precision, SgldConfig};
 
+/// The recipes shipped in the repository's `recipes/` folder, by name (built into the
+/// library, so `jem train --recipe NAME` works from any directory).
+pub const RECIPES: &[(&str, &str)] = &[
+    (
+        "fashion-mnist",
+        include_str!("../../../recipes/fashion-mnist.toml"),
+    ),
+    (
+        "paper-cifar10",
+        include_str!("../../../recipes/paper-cifar10.toml"),
+    ),
+];
+
 /// The fields of a run's config that may change when it is resumed (a field, or every field
 /// under a table): how long it runs and how it logs, the optimiser's settings (not its
 /// algorithm, whose state is saved), the sampler, the divergence watch and the
@@ -42,8 +55,11 @@ pub const RESUME_MAY_CHANGE: &[&str] = &[
     "optim.weight_decay",
     "optim.warmup_steps",
     "optim.decay_epochs",
+    "optim.decay_fractions",
+    "optim.cosine",
     "optim.decay_rate",
     "optim.spectral_norm",
+    "optim.sam_rho",
     "sgld",
     "recovery",
     "data.augment",
@@ -96,6 +112,22 @@ impl TrainConfig {
         })
     }
 
+    /// The shipped recipe `name` (see [`RECIPES`]); fields it does not set take their
+    /// defaults.
+    pub fn recipe(name: &str) -> Result<Self, ConfigError> {
+        let (_, text) = RECIPES.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            let known: Vec<&str> = RECIPES.iter().map(|(n, _)| *n).collect();
+            ConfigError::field(
+                "recipe",
+                format!("no recipe `{name}`; the recipes are {}", known.join(", ")),
+            )
+        })?;
+        Self::from_toml(text).map_err(|reason| ConfigError::Parse {
+            path: format!("recipes/{name}.toml").into(),
+            reason,
+        })
+    }
+
     /// Read the `config.toml` of the run directory `dir`.
     pub fn load_run(dir: &Path) -> Result<Self, Error> {
         let path = dir.join(files::CONFIG);
@@ -128,6 +160,12 @@ impl TrainConfig {
         self.model.validate()?;
         self.optim.validate()?;
         self.loss.validate()?;
+        if self.optim.sam_rho > 0.0 && self.loss.objective == Objective::Lsd {
+            return Err(ConfigError::field(
+                "optim.sam_rho",
+                "SAM is not implemented for --objective lsd (its critic's updates would need a second pass too); use 0",
+            ));
+        }
         if self.loss.needs_sampling() {
             self.sgld.validate()?;
             if self.sgld.precision != Precision::F32
@@ -222,6 +260,23 @@ fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_recipe_parses_and_validates() {
+        for (name, _) in RECIPES {
+            let c = TrainConfig::recipe(name).unwrap();
+            c.validate().unwrap();
+            assert_eq!(TrainConfig::from_toml(&c.to_toml()).unwrap(), c, "{name}");
+        }
+        let f = TrainConfig::recipe("fashion-mnist").unwrap();
+        assert_eq!(f.data.dataset, crate::data::DatasetKind::FashionMnist);
+        assert_eq!(f.optim.decay_fractions, [0.6, 0.8]);
+        let p = TrainConfig::recipe("paper-cifar10").unwrap();
+        assert_eq!(p.schedule.epochs, 200);
+        assert_eq!(p.optim.lr, 1e-4);
+        let e = TrainConfig::recipe("mnist").unwrap_err().to_string();
+        assert!(e.contains("fashion-mnist, paper-cifar10"), "{e}");
+    }
 
     #[test]
     fn default_round_trips_through_toml() {

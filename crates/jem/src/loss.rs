@@ -54,6 +54,11 @@ pub struct LossConfig {
     /// IGEBM: weight `alpha` of the energy penalty `alpha * mean(E(x_data)^2 + E(x_sample)^2)`
     /// (Du & Mordatch: 1).
     pub energy_l2: f32,
+    /// JEM: weight `beta` of the energy-magnitude penalty
+    /// `beta * (mean(lse(f(x_data))^2) + mean(lse(f(x_sample))^2))` (the JEM author's advice
+    /// against diverging energies; 0 in the paper).
+    #[serde(default)]
+    pub lse_l2: f32,
     /// Learned Stein discrepancy settings (`--objective lsd`).
     pub lsd: crate::lsd::LsdConfig,
 }
@@ -66,6 +71,7 @@ impl Default for LossConfig {
             px_weight: 1.0,
             pxy_weight: 0.0,
             energy_l2: 1.0,
+            lse_l2: 0.0,
             lsd: crate::lsd::LsdConfig::default(),
         }
     }
@@ -88,6 +94,7 @@ impl LossConfig {
             ("loss.px_weight", self.px_weight),
             ("loss.pxy_weight", self.pxy_weight),
             ("loss.energy_l2", self.energy_l2),
+            ("loss.lse_l2", self.lse_l2),
         ] {
             if !(w.is_finite() && w >= 0.0) {
                 return Err(ConfigError::field(
@@ -147,9 +154,17 @@ pub fn loss(
     let mut total = ce.clone().mul_scalar(cfg.pyx_weight);
     let mut lse_sample = None;
     if cfg.objective == Objective::Jem {
+        if cfg.lse_l2 > 0.0 {
+            let sq = lse_data_all.clone().powi_scalar(2).mean(); // [1]
+            total = total + sq.mul_scalar(cfg.lse_l2);
+        }
         if let Some(s) = px_samples.filter(|_| cfg.px_weight > 0.0) {
-            let ls = logsumexp(s).mean(); // [1]
+            let ls_all = logsumexp(s); // [m]
+            let ls = ls_all.clone().mean(); // [1]
             total = total + (ls.clone() - lse_data.clone()).mul_scalar(cfg.px_weight);
+            if cfg.lse_l2 > 0.0 {
+                total = total + ls_all.powi_scalar(2).mean().mul_scalar(cfg.lse_l2);
+            }
             lse_sample = Some(ls);
         }
         if let Some((s, s_oh)) = pxy.filter(|_| cfg.pxy_weight > 0.0) {

@@ -111,6 +111,8 @@ fn critic_optim_config(cfg: &TrainConfig) -> OptimConfig {
         lr: cfg.loss.lsd.critic_lr,
         warmup_steps: 0,
         decay_epochs: Vec::new(),
+        decay_fractions: Vec::new(),
+        cosine: false,
         weight_decay: 0.0,
         spectral_norm: false,
         ..cfg.optim.clone()
@@ -379,6 +381,12 @@ impl Trainer {
         self.sampler.batches_per_epoch() as u64
     }
 
+    /// Steps of the run's planned epochs, `epochs * steps_per_epoch` (what a schedule
+    /// relative to the run's length is relative to; `max_steps` only stops early).
+    pub fn planned_steps(&self) -> u64 {
+        self.cfg.schedule.epochs * self.steps_per_epoch()
+    }
+
     /// Total steps of the run: `epochs * steps_per_epoch`, bounded by `max_steps`.
     pub fn total_steps(&self) -> u64 {
         self.cfg.schedule.total_steps(self.steps_per_epoch())
@@ -557,7 +565,7 @@ impl Trainer {
             batch: &batch,
             shape: self.train.shape,
             num_classes: self.train.num_classes,
-            lr: self.cfg.optim.lr_at(step, epoch) * scale,
+            lr: self.cfg.optim.lr_at(step, epoch, self.planned_steps()) * scale,
             critic_lr: cfg.loss.lsd.critic_lr * scale,
             optim: &mut self.optim,
             buffer: self.buffer.as_mut(),

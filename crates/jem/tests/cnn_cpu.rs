@@ -256,6 +256,14 @@ fn kernel_training_steps_equal_the_autodiff_steps() {
     c.buffer.conditional = true;
     c.loss.pxy_weight = 0.5;
     kernel_step_equals_autodiff_step(c);
+    // JEM with the energy-magnitude penalty on data and sample lse.
+    let mut c = base.clone();
+    c.loss.lse_l2 = 0.3;
+    kernel_step_equals_autodiff_step(c);
+    // JEM with sharpness-aware minimisation (the second pass at the perturbed weights).
+    let mut c = base.clone();
+    c.optim.sam_rho = 0.05;
+    kernel_step_equals_autodiff_step(c);
     // Softmax.
     let mut c = base.clone();
     c.loss.objective = Objective::Softmax;

@@ -137,12 +137,117 @@ fn learning_rate_schedule_warms_up_and_decays() {
         lr: 1e-3,
         warmup_steps: 10,
         decay_epochs: vec![2, 4],
+        decay_fractions: Vec::new(),
         decay_rate: 0.5,
         ..OptimConfig::default()
     };
-    assert!((cfg.lr_at(0, 0) - 1e-4).abs() < 1e-12);
-    assert!((cfg.lr_at(4, 0) - 5e-4).abs() < 1e-12);
-    assert!((cfg.lr_at(100, 1) - 1e-3).abs() < 1e-12);
-    assert!((cfg.lr_at(100, 2) - 5e-4).abs() < 1e-12);
-    assert!((cfg.lr_at(100, 5) - 2.5e-4).abs() < 1e-12);
+    assert!((cfg.lr_at(0, 0, 1000) - 1e-4).abs() < 1e-12);
+    assert!((cfg.lr_at(4, 0, 1000) - 5e-4).abs() < 1e-12);
+    assert!((cfg.lr_at(100, 1, 1000) - 1e-3).abs() < 1e-12);
+    assert!((cfg.lr_at(100, 2, 1000) - 5e-4).abs() < 1e-12);
+    assert!((cfg.lr_at(100, 5, 1000) - 2.5e-4).abs() < 1e-12);
+}
+
+/// The default schedule decays at 80% and 90% of the run, whatever its length (the paper's
+/// epochs 160 and 180 of 200); cosine annealing falls from the base rate to 0 after the
+/// warm-up.
+#[test]
+fn schedules_relative_to_the_run_length_always_decay() {
+    let cfg = OptimConfig {
+        lr: 1e-3,
+        warmup_steps: 0,
+        ..OptimConfig::default()
+    };
+    for total in [100u64, 10_000] {
+        let at = |f: f64| cfg.lr_at((f * total as f64) as u64, 0, total);
+        assert!((at(0.79) - 1e-3).abs() < 1e-12, "{total}");
+        assert!((at(0.8) - 3e-4).abs() < 1e-12, "{total}");
+        assert!((at(0.95) - 9e-5).abs() < 1e-12, "{total}");
+    }
+    let paper = 200 * 781; // 200 epochs of 781 steps
+    assert!((cfg.lr_at(160 * 781 - 1, 159, paper) - 1e-3).abs() < 1e-12);
+    assert!((cfg.lr_at(160 * 781, 160, paper) - 3e-4).abs() < 1e-12);
+    let cos = OptimConfig {
+        lr: 1e-3,
+        warmup_steps: 10,
+        decay_fractions: Vec::new(),
+        cosine: true,
+        ..OptimConfig::default()
+    };
+    cos.validate().unwrap();
+    assert!((cos.lr_at(4, 0, 110) - 5e-4).abs() < 1e-12);
+    assert!((cos.lr_at(10, 0, 110) - 1e-3).abs() < 1e-12);
+    assert!((cos.lr_at(60, 0, 110) - 5e-4).abs() < 1e-12);
+    assert!(cos.lr_at(109, 0, 110) < 1e-6);
+    let bad = OptimConfig {
+        cosine: true,
+        ..OptimConfig::default()
+    };
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("optim.cosine")
+    );
+    let bad = OptimConfig {
+        decay_fractions: vec![1.5],
+        ..OptimConfig::default()
+    };
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("optim.decay_fractions")
+    );
+}
+
+/// SAM's ascent moves every parameter by rho times its gradient over the global gradient
+/// norm: the move has norm rho and the gradient's direction, and parameters keep their ids.
+#[test]
+fn sam_moves_the_weights_by_rho_along_the_gradient() {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::optim::GradientsParams;
+    let d = Device::flex().autodiff();
+    let model = ModelConfig::Cnn { widths: vec![4, 6] }.init_seeded(1, 10, &d, 3);
+    struct Flat(Vec<(burn::module::ParamId, Vec<f32>)>);
+    impl ModuleVisitor for Flat {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0
+                .push((p.id, p.val().into_data().try_to_vec::<f32>().unwrap()));
+        }
+    }
+    let flat = |m: &jem::model::Classifier| {
+        let mut f = Flat(Vec::new());
+        m.visit(&mut f);
+        f.0
+    };
+    // A made-up gradient: 1, 2, 3, ... over the parameters in order.
+    let mut grads = GradientsParams::new();
+    struct G<'a>(&'a mut GradientsParams, f32);
+    impl ModuleVisitor for G<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let dims = p.val().dims();
+            let n: usize = dims.iter().product();
+            let v: Vec<f32> = (0..n).map(|i| self.1 + i as f32).collect();
+            self.1 += n as f32;
+            let t = Tensor::<D>::from_data(TensorData::new(v, dims), &p.val().device().inner());
+            self.0.register::<D>(p.id, t);
+        }
+    }
+    model.visit(&mut G(&mut grads, 1.0));
+    let before = flat(&model);
+    let moved = flat(&jem::optim::sam_perturb(model.clone(), &grads, 0.05));
+    let g: Vec<f64> = (1..=before.iter().map(|(_, v)| v.len()).sum::<usize>())
+        .map(|i| i as f64)
+        .collect();
+    let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let mut i = 0;
+    for ((id, a), (id2, b)) in before.iter().zip(&moved) {
+        assert_eq!(id, id2, "SAM keeps parameter ids");
+        for (x, y) in a.iter().zip(b) {
+            let want = *x as f64 + 0.05 * g[i] / norm;
+            assert!((*y as f64 - want).abs() < 1e-6, "{y} vs {want}");
+            i += 1;
+        }
+    }
 }

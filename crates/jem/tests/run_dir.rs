@@ -354,6 +354,7 @@ fn an_unstable_learning_rate_is_recovered_from_and_the_run_finishes() {
     cfg.optim.lr = 3e-3;
     cfg.optim.warmup_steps = 0;
     cfg.optim.decay_epochs = vec![1];
+    cfg.optim.decay_fractions = Vec::new();
     cfg.optim.decay_rate = 1e4;
     cfg.schedule.checkpoint_every = 100;
     cfg.schedule.epochs = 5;

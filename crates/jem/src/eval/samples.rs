@@ -21,6 +21,37 @@ pub enum Start {
     Noise,
 }
 
+impl Start {
+    /// Where class-conditional chains of `run` start when not told: its buffer when the
+    /// buffer is partitioned by class (its chains already sample `log p(x, y)`), else noise
+    /// (an unconditional buffer's chains are of random classes, and a few steps from them do
+    /// not give rows of the asked-for class).
+    pub fn for_classes(run: &Run) -> Start {
+        if run.config.buffer.conditional && run.config.loss.needs_sampling() {
+            Start::Buffer
+        } else {
+            Start::Noise
+        }
+    }
+
+    /// SGLD steps when not told: 20 from the buffer, 200 from noise.
+    pub fn default_steps(self) -> usize {
+        match self {
+            Start::Buffer => 20,
+            Start::Noise => 200,
+        }
+    }
+}
+
+/// Where a set of chains starts and how it runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainSpec {
+    /// Where chains start.
+    pub start: Start,
+    /// The sampler's settings (its `steps` included).
+    pub params: SgldConfig,
+}
+
 /// Which samples.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Classes {
@@ -126,6 +157,13 @@ pub struct QualityReport {
     pub diversity: Vec<f64>,
     /// Mean pairwise pixel distance of test images, per class (the data's own spread).
     pub diversity_test: Vec<f64>,
+    /// Fraction of the class-conditional samples that the feature run's classifier assigns
+    /// to the class they were drawn for (none from a scalar energy).
+    #[serde(default)]
+    pub sample_accuracy: Option<f64>,
+    /// The same fraction per class.
+    #[serde(default)]
+    pub sample_accuracy_per_class: Vec<f64>,
     /// Samples used for FID and the score.
     pub n: usize,
 }
@@ -153,15 +191,33 @@ fn features_and_probs(
     (feats, probs, d)
 }
 
-/// Draw `n` unconditional samples and `per_class` samples of each class from `run`, and
-/// measure them against the run's test images in `feature_run`'s feature space.
+/// Per class `c < classes`, the fraction of its `m` consecutive rows of `probs` (`k` per row)
+/// whose largest probability is class `c`.
+pub fn class_accuracy(probs: &[f32], k: usize, m: usize, classes: usize) -> Vec<f64> {
+    (0..classes)
+        .map(|c| {
+            let rows = probs.chunks_exact(k).skip(c * m).take(m);
+            let hits = rows
+                .filter(|p| {
+                    let arg = (0..k).fold(0, |a, j| if p[j] > p[a] { j } else { a });
+                    arg == c
+                })
+                .count();
+            hits as f64 / m as f64
+        })
+        .collect()
+}
+
+/// Draw `n` unconditional samples (by `uncond`) and `per_class` samples of each class (by
+/// `by_class`) from `run`, and measure them against the run's test images in
+/// `feature_run`'s feature space.
 pub fn sample_quality(
     run: &Run,
     feature_run: &Run,
     n: usize,
     per_class: usize,
-    start: Start,
-    params: &SgldConfig,
+    uncond: &ChainSpec,
+    by_class: &ChainSpec,
     rng: &mut Rng,
 ) -> Result<(QualityReport, Samples)> {
     if feature_run.shape() != run.shape() {
@@ -182,22 +238,33 @@ pub fn sample_quality(
     let shape = run.shape();
     let k = feature_run.num_classes();
     let features = feature_run.classifier("the feature run of sample quality")?;
-    let samples = draw_samples(run, n, &Classes::Unconditional, start, params, rng)?;
+    let samples = draw_samples(
+        run,
+        n,
+        &Classes::Unconditional,
+        uncond.start,
+        &uncond.params,
+        rng,
+    )?;
     let (fs, ps, d) = features_and_probs(features, &samples.images, shape);
     let real = &test.images[..n * test.image_len()];
     let (fr, pr, _) = features_and_probs(features, real, shape);
     let half = (n / 2) * d;
     let len = test.image_len();
-    // Per-class diversity needs class-conditional samples (none from a scalar energy).
-    let diversity = if run.is_classifier() {
-        let by_class = draw_samples(run, per_class.max(2), &Classes::All, start, params, rng)?;
-        by_class
+    // Per-class diversity and sample accuracy need class-conditional samples (none from a
+    // scalar energy).
+    let (diversity, accuracy) = if run.is_classifier() {
+        let m = per_class.max(2);
+        let s = draw_samples(run, m, &Classes::All, by_class.start, &by_class.params, rng)?;
+        let diversity = s
             .images
-            .chunks(per_class.max(2) * len)
+            .chunks(m * len)
             .map(|c| crate::eval::fid::mean_pairwise_distance(c, len))
-            .collect()
+            .collect();
+        let (_, probs, _) = features_and_probs(features, &s.images, shape);
+        (diversity, class_accuracy(&probs, k, m, run.num_classes()))
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let diversity_test = (0..run.num_classes())
         .map(|c| {
@@ -215,7 +282,29 @@ pub fn sample_quality(
         inception_score_test: crate::eval::fid::inception_score(&pr, k),
         diversity,
         diversity_test,
+        sample_accuracy: (!accuracy.is_empty())
+            .then(|| accuracy.iter().sum::<f64>() / accuracy.len() as f64),
+        sample_accuracy_per_class: accuracy,
         n,
     };
     Ok((report, samples))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::class_accuracy;
+
+    /// Two classes, three samples each: rows are assigned to their largest probability.
+    #[test]
+    fn sample_accuracy_counts_rows_assigned_to_their_class() {
+        let probs = [
+            0.9, 0.1, 0.2, 0.8, 0.6, 0.4, // class 0: 2 of 3
+            0.3, 0.7, 0.1, 0.9, 0.2, 0.8, // class 1: 3 of 3
+        ];
+        let acc = class_accuracy(&probs, 2, 3, 2);
+        assert!(
+            (acc[0] - 2.0 / 3.0).abs() < 1e-12 && acc[1] == 1.0,
+            "{acc:?}"
+        );
+    }
 }

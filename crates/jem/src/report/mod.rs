@@ -287,12 +287,14 @@ fn eval_samples(o: &mut String, id: &str, v: &Value) {
             "FID test halves",
             "Inception-style score",
             "score of test images",
+            "sample accuracy",
         ],
         &[[
             "fid",
             "fid_test_halves",
             "inception_score",
             "inception_score_test",
+            "sample_accuracy",
         ]
         .iter()
         .map(|k| f4(num(v, k)))
@@ -305,15 +307,24 @@ fn eval_samples(o: &mut String, id: &str, v: &Value) {
             .unwrap_or_default()
     };
     let (d, t) = (div("diversity"), div("diversity_test"));
+    let acc = div("sample_accuracy_per_class");
     let rows: Vec<Vec<String>> = d
         .iter()
         .zip(t.iter())
         .enumerate()
-        .map(|(c, (a, b))| vec![c.to_string(), a.clone(), b.clone()])
+        .map(|(c, (a, b))| {
+            let hit = acc.get(c).cloned().unwrap_or_else(|| "-".into());
+            vec![c.to_string(), a.clone(), b.clone(), hit]
+        })
         .collect();
     *o += &table(
         &format!("{id}-diversity"),
-        &["class", "sample diversity", "test-image diversity"],
+        &[
+            "class",
+            "sample diversity",
+            "test-image diversity",
+            "sample accuracy",
+        ],
         &rows,
     );
     let _ = write!(

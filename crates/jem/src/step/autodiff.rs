@@ -9,9 +9,37 @@ use crate::energy::{cross_entropy, one_hot};
 use crate::loss::{Objective, igebm_loss, loss};
 use crate::metrics::{Divergence, StepMetrics};
 use crate::model::Classifier;
+use crate::optim::sam_perturb;
 
-/// Forward data and samples in one pass, the loss, backward, one optimiser step.
+/// Forward data and samples in one pass, the loss, backward, one optimiser step (with SAM's
+/// second pass at the perturbed weights when `optim.sam_rho > 0`).
 pub(super) fn iteration(model: Classifier, inputs: &mut StepInputs, chains: &Chains) -> StepResult {
+    let (total, values, has_lse_sample) = forward_loss(&model, inputs, chains);
+    let loss_value = Divergence::check("loss", values[0] as f64)?;
+    let mut grads = GradientsParams::from_grads(total.backward(), &model);
+    let rho = inputs.cfg.optim.sam_rho;
+    if rho > 0.0 {
+        let adv = sam_perturb(model.clone(), &grads, rho);
+        let (total, values, _) = forward_loss(&adv, inputs, chains);
+        Divergence::check("loss at SAM's perturbed weights", values[0] as f64)?;
+        grads = GradientsParams::from_grads(total.backward(), &adv);
+    }
+    let model = inputs.optim.step(inputs.lr, model, grads);
+    let mut m = StepMetrics::new(loss_value, values[1] as f64, inputs.lr);
+    m.lse_sample = has_lse_sample.then_some(values[2] as f64);
+    m.ce = values.get(3).map(|&v| v as f64);
+    m.acc = values.get(4).map(|&v| v as f64);
+    Ok((model, m))
+}
+
+/// The loss of `model` on the data and samples (with its graph), and its scalars on the
+/// host: total, `mean lse` of the data and of the samples, then cross-entropy and accuracy
+/// for a classifier; and whether the loss has a sample term.
+fn forward_loss(
+    model: &Classifier,
+    inputs: &StepInputs,
+    chains: &Chains,
+) -> (Tensor<1>, Vec<f32>, bool) {
     let (cfg, device) = (inputs.cfg, inputs.device);
     let labels = &inputs.batch.labels;
     let b = labels.len();
@@ -62,12 +90,5 @@ pub(super) fn iteration(model: Classifier, inputs: &mut StepInputs, chains: &Cha
         .into_data()
         .try_to_vec::<f32>()
         .expect("scalars are f32"); // [3 or 5]
-    let loss_value = Divergence::check("loss", values[0] as f64)?;
-    let grads = GradientsParams::from_grads(total.backward(), &model);
-    let model = inputs.optim.step(inputs.lr, model, grads);
-    let mut m = StepMetrics::new(loss_value, values[1] as f64, inputs.lr);
-    m.lse_sample = has_lse_sample.then_some(values[2] as f64);
-    m.ce = values.get(3).map(|&v| v as f64);
-    m.acc = values.get(4).map(|&v| v as f64);
-    Ok((model, m))
+    (total, values, has_lse_sample)
 }

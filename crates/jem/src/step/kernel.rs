@@ -7,14 +7,40 @@ use crate::cnn_cpu::{self, CnnKernel};
 use crate::loss::{LossConfig, Objective};
 use crate::metrics::{Divergence, StepMetrics};
 use crate::model::Classifier;
+use crate::optim::sam_perturb;
+use burn::optim::GradientsParams;
 
-/// Forward data and samples, the closed-form loss gradient, backward, one optimiser step.
+/// Forward data and samples, the closed-form loss gradient, backward, one optimiser step (with
+/// SAM's second pass at the perturbed weights when `optim.sam_rho > 0`).
 pub(super) fn iteration(
     model: Classifier,
     inputs: &mut StepInputs,
     mut kernel: CnnKernel,
     chains: &Chains,
 ) -> StepResult {
+    let (metrics, mut grads) = loss_and_grads(&model, &mut kernel, inputs, chains)?;
+    let rho = inputs.cfg.optim.sam_rho;
+    if rho > 0.0 {
+        let adv = sam_perturb(model.clone(), &grads, rho);
+        let mut at_adv = CnnKernel::from_model(&adv).expect("the same CNN, moved");
+        let (_, g) = loss_and_grads(&adv, &mut at_adv, inputs, chains).map_err(|d| Divergence {
+            what: format!("{} at SAM's perturbed weights", d.what),
+            value: d.value,
+        })?;
+        grads = g;
+    }
+    let model = inputs.optim.step(metrics.lr, model, grads);
+    Ok((model, metrics))
+}
+
+/// The step's metrics and the gradient of its loss in `model`'s weights (`kernel` is
+/// `model`'s).
+fn loss_and_grads(
+    model: &Classifier,
+    kernel: &mut CnnKernel,
+    inputs: &StepInputs,
+    chains: &Chains,
+) -> Result<(StepMetrics, GradientsParams), Divergence> {
     let labels = &inputs.batch.labels;
     let rows = Rows {
         b: labels.len(),
@@ -44,9 +70,8 @@ pub(super) fn iteration(
     let (_, grads) = kernel.backward(n, inputs.shape, &dl, false, true);
     let device = model.device().inner();
     let grads =
-        cnn_cpu::gradients_params(&model, &grads.expect("weight gradients requested"), &device);
-    let model = inputs.optim.step(metrics.lr, model, grads);
-    Ok((model, metrics))
+        cnn_cpu::gradients_params(model, &grads.expect("weight gradients requested"), &device);
+    Ok((metrics, grads))
 }
 
 /// Rows of the kernel's batch: data, then `log p(x)` samples, then `log p(x, y)` samples.
@@ -63,6 +88,8 @@ struct Sums {
     ce: f64,
     lse_data: f64,
     lse_sample: f64,
+    lse2_data: f64,
+    lse2_sample: f64,
     fy_data: f64,
     fy_sample: f64,
     correct: usize,
@@ -86,12 +113,25 @@ fn jem(
         0.0
     };
     let Rows { b, .. } = rows;
-    let (dl, s) = jem_gradient(l.pyx_weight, px, pxy, labels, logits, k, rows);
+    let beta = if jem { l.lse_l2 } else { 0.0 };
+    let weights = Weights {
+        pyx: l.pyx_weight,
+        px,
+        pxy,
+        beta,
+    };
+    let (dl, s) = jem_gradient(weights, labels, logits, k, rows);
     let bf = b as f64;
     let mut total = l.pyx_weight as f64 * s.ce / bf;
     let lse_sample = (rows.px > 0 && jem).then(|| s.lse_sample / rows.px as f64);
     if let Some(ls) = lse_sample.filter(|_| px > 0.0) {
         total += px as f64 * (ls - s.lse_data / bf);
+    }
+    if beta > 0.0 {
+        total += beta as f64 * s.lse2_data / bf;
+        if px > 0.0 {
+            total += beta as f64 * s.lse2_sample / rows.px as f64;
+        }
     }
     if pxy > 0.0 {
         total += pxy as f64 * (s.fy_sample / rows.pxy as f64 - s.fy_data / bf);
@@ -104,11 +144,19 @@ fn jem(
     Ok((dl, m))
 }
 
-/// The gradient of the weighted loss in every row's logits, and the sums of its terms.
-fn jem_gradient(
+/// The weights of a softmax or JEM loss's terms (0 for a term not in the step).
+#[derive(Clone, Copy)]
+struct Weights {
     pyx: f32,
     px: f32,
     pxy: f32,
+    /// The energy-magnitude penalty `lse_l2`.
+    beta: f32,
+}
+
+/// The gradient of the weighted loss in every row's logits, and the sums of its terms.
+fn jem_gradient(
+    Weights { pyx, px, pxy, beta }: Weights,
     labels: &[usize],
     logits: &[f32],
     k: usize,
@@ -132,14 +180,18 @@ fn jem_gradient(
             s.lse_data += lse as f64;
             s.fy_data += row[y] as f64;
             s.correct += usize::from(argmax(row) == y);
+            s.lse2_data += (lse * lse) as f64;
+            let pen = 2.0 * beta * lse;
             for j in 0..k {
-                d[j] = (pyx - px) * p[j] * inv_b;
+                d[j] = (pyx - px + pen) * p[j] * inv_b;
             }
             d[y] -= (pyx + pxy) * inv_b;
         } else if i < b + px_rows {
             s.lse_sample += lse as f64;
+            s.lse2_sample += (lse * lse) as f64;
+            let pen = if px > 0.0 { 2.0 * beta * lse } else { 0.0 };
             for j in 0..k {
-                d[j] = px * p[j] / px_rows as f32;
+                d[j] = (px + pen) * p[j] / px_rows as f32;
             }
         } else {
             let y = labels[i - b - px_rows];
