@@ -45,7 +45,7 @@ soft_run=$out/fashion-softmax
 
 if [ "$quick" = 1 ]; then
   echo "== QUICK FIRST LOOK: 400 steps with 10 SGLD steps; the numbers below are not the recipe's results"
-  train_flags=(--max-steps 400 --sgld-steps 10 --warmup-steps 100)
+  train_flags=(--max-steps 400 --sgld-steps 10)
   attack_flags=(--steps 10 --limit 200)
   eval_limit=(--limit 2000)
   samples_flags=(--n 200 --per-class 20)
