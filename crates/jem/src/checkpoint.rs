@@ -141,15 +141,23 @@ pub fn save_state(dir: &Path, state: &RunState) -> Result<(), CheckpointError> {
     write_atomic(&dir.join(files::STATE), text.as_bytes())
 }
 
+/// The path of the run file `file` in `dir`, or the error that `dir` is not a run
+/// directory when it is missing.
+pub fn run_file(dir: &Path, file: &'static str) -> Result<PathBuf, CheckpointError> {
+    let path = dir.join(file);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(CheckpointError::NotARun {
+            dir: dir.to_path_buf(),
+            file,
+        })
+    }
+}
+
 /// Read `state.json`.
 pub fn load_state(dir: &Path) -> Result<RunState, CheckpointError> {
-    let path = dir.join(files::STATE);
-    if !path.exists() {
-        return Err(CheckpointError::NotARun {
-            dir: dir.to_path_buf(),
-            file: files::STATE,
-        });
-    }
+    let path = run_file(dir, files::STATE)?;
     let text = std::fs::read_to_string(&path).map_err(|e| CheckpointError::io(&path, e))?;
     let state: RunState = serde_json::from_str(&text)
         .map_err(|e| CheckpointError::corrupt(&path, format!("not a run state: {e}")))?;

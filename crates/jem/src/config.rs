@@ -11,10 +11,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::BufferConfig;
-use crate::checkpoint::files;
+use crate::checkpoint::{self, files};
 pub use crate::data::DataConfig;
 pub use crate::error::ConfigError;
-use crate::error::{CheckpointError, Error};
+use crate::error::Error;
 use crate::loss::{LossConfig, Objective};
 use crate::model::ModelConfig;
 use crate::optim::OptimConfig;
@@ -130,14 +130,7 @@ impl TrainConfig {
 
     /// Read the `config.toml` of the run directory `dir`.
     pub fn load_run(dir: &Path) -> Result<Self, Error> {
-        let path = dir.join(files::CONFIG);
-        if !path.exists() {
-            return Err(CheckpointError::NotARun {
-                dir: dir.to_path_buf(),
-                file: files::CONFIG,
-            }
-            .into());
-        }
+        let path = checkpoint::run_file(dir, files::CONFIG)?;
         Self::from_file(&path)
     }
 
