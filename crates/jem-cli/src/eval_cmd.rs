@@ -8,7 +8,8 @@ use jem::data::{Dataset, Split};
 use jem::eval::accuracy::accuracy;
 use jem::eval::attack::{AttackConfig, Defence, Norm, attack};
 use jem::eval::calibration::evaluate_calibration;
-use jem::eval::ood::{OodSet, Score, evaluate_ood};
+use jem::eval::ood::{OodSet, OodSpec, Score, SetHalf, evaluate_ood};
+use jem::eval::ood_select::evaluate_selected;
 use jem::eval::run::Run;
 use jem::rng::Rng;
 
@@ -52,15 +53,17 @@ impl EvalData {
             bail!("--batch-size must be positive");
         }
         let run = Run::open(&self.run, device)?;
-        let mut data = run.data(self.split)?;
-        if let Some(n) = self.limit {
-            if n == 0 {
-                bail!("--limit must be positive");
-            }
-            let idx: Vec<usize> = (0..n.min(data.len())).collect();
-            data = data.subset(&idx);
-        }
+        let data = self.limited(run.data(self.split)?)?;
         Ok((run, data))
+    }
+
+    /// The first `--limit` images of `data` (all without it).
+    fn limited(&self, data: Dataset) -> Result<Dataset> {
+        match self.limit {
+            Some(0) => bail!("--limit must be positive"),
+            Some(n) => Ok(data.subset(&(0..n.min(data.len())).collect::<Vec<_>>())),
+            None => Ok(data),
+        }
     }
 
     fn header(&self, run: &Run, data: &Dataset) -> serde_json::Value {
@@ -238,6 +241,11 @@ pub(crate) struct OodArgs {
     /// Seed of the generated sets.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Choose one score on the validation split (the highest worst-set AUROC there, with
+    /// half of each data-set OOD set), then report the test split (with the other half)
+    /// with that score marked.
+    #[arg(long)]
+    select: bool,
 }
 
 pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
@@ -261,16 +269,25 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
             keep
         })
         .collect();
-    let report = evaluate_ood(
-        run.engine,
-        &run.model,
-        &data,
-        &sets,
-        a.ood_dir.as_deref(),
-        &scores,
-        a.data.batch_size,
-        &mut Rng::new(a.seed, 5),
-    )?;
+    let spec = OodSpec {
+        sets: &sets,
+        dir: a.ood_dir.as_deref(),
+        scores: &scores,
+        batch_size: a.data.batch_size,
+        half: SetHalf::All,
+    };
+    let mut rng = Rng::new(a.seed, 5);
+    let report = if a.select {
+        if a.data.split != Split::Test {
+            bail!(
+                "--select chooses on the validation split and reports the test split: drop --split"
+            );
+        }
+        let valid = a.data.limited(run.data(Split::Valid)?)?;
+        evaluate_selected(run.engine, &run.model, &valid, &data, &spec, &mut rng)?
+    } else {
+        evaluate_ood(run.engine, &run.model, &data, &spec, &mut rng)?
+    };
     let body = serde_json::to_value(&report)?;
     for h in body["histograms"].as_array().cloned().unwrap_or_default() {
         let score = h["score"].as_str().unwrap_or("score").to_string();
@@ -278,7 +295,6 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
         a.data
             .figure(&format!("ood-{}-{score}", a.data.split_name()), &fig)?;
     }
-    let rows = report.rows;
     if a.data.finish(&run, &data, "ood", body)? {
         return Ok(());
     }
@@ -288,17 +304,42 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
         run.state.step,
         data.len()
     );
+    print_ood(&report);
+    Ok(())
+}
+
+/// The OOD table, the chosen score's rows marked `*`, and the choice with its candidates.
+fn print_ood(report: &jem::eval::ood::OodReport) {
+    let chosen = report.selected.as_ref().map(|s| s.score.as_str());
     println!(
-        "{:<12} {:<14} {:>7} {:>8} {:>9} {:>7}",
+        "{:<13} {:<14} {:>7} {:>8} {:>9} {:>7}",
         "score", "ood set", "AUROC", "AUPR-in", "AUPR-out", "FPR95"
     );
-    for r in &rows {
+    for r in &report.rows {
+        let mark = if chosen == Some(r.score.as_str()) {
+            "*"
+        } else {
+            " "
+        };
         println!(
-            "{:<12} {:<14} {:>7.4} {:>8.4} {:>9.4} {:>7.4}",
-            r.score, r.set, r.auroc, r.aupr_in, r.aupr_out, r.fpr95
+            "{:<13} {:<14} {:>7.4} {:>8.4} {:>9.4} {:>7.4}",
+            format!("{}{mark}", r.score),
+            r.set,
+            r.auroc,
+            r.aupr_in,
+            r.aupr_out,
+            r.fpr95
         );
     }
-    Ok(())
+    if let Some(s) = &report.selected {
+        println!("* chosen: {} ({})", s.score, s.criterion);
+        for c in &s.candidates {
+            println!(
+                "  validation {:<12} worst AUROC {:.4} ({}), mean {:.4}",
+                c.score, c.worst_auroc, c.worst_set, c.mean_auroc
+            );
+        }
+    }
 }
 
 #[derive(Args)]

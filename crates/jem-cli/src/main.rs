@@ -68,6 +68,9 @@ struct CompareArgs {
     /// Only these OOD sets (comma-separated, e.g. `mnist`; default: all saved).
     #[arg(long, value_delimiter = ',')]
     sets: Vec<String>,
+    /// Only the OOD score each run chose on validation data (`jem eval ood --select`).
+    #[arg(long)]
+    chosen: bool,
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
@@ -121,8 +124,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare(a) => {
             let mut rows = jem::report::compare::compare(&a.runs)?;
             for r in &mut rows {
+                if a.chosen {
+                    r.only_chosen();
+                }
                 r.auroc.retain(|(score, set, _)| {
-                    (a.scores.is_empty() || a.scores.contains(score))
+                    (a.chosen || a.scores.is_empty() || a.scores.contains(score))
                         && (a.sets.is_empty() || a.sets.contains(set))
                 });
             }

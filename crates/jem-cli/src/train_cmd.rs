@@ -43,6 +43,10 @@ pub(crate) struct TrainArgs {
     /// Network architecture.
     #[arg(long, value_enum)]
     pub(crate) arch: Option<Arch>,
+    /// CNN channel widths, comma-separated (e.g. 64,128,256,256): the first convolution
+    /// keeps the image size, each further one halves it.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["arch"])]
+    pub(crate) widths: Option<Vec<usize>>,
     /// Wide-ResNet depth (6n + 4).
     #[arg(long, default_value_t = 28)]
     pub(crate) wrn_depth: usize,
@@ -247,6 +251,9 @@ impl TrainArgs {
         let (depth, widen) = (self.wrn_depth, self.wrn_widen);
         value(o, "--arch", &self.arch, move |c, v| {
             c.model = ModelConfig::from_arch(v, depth, widen)
+        });
+        value(o, "--widths", &self.widths, |c, v| {
+            c.model = ModelConfig::Cnn { widths: v }
         });
         value(o, "--seed", &self.seed, |c, v| c.seed = v);
         value(o, "--batch-size", &self.batch_size, |c, v| {

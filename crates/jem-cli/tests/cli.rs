@@ -175,6 +175,41 @@ fn train_resume_eval_sample_bench() {
             .as_f64()
             .is_some_and(|a| (0.0..=1.0).contains(&a))
     }));
+    // One score chosen on the validation split, reported on the test split.
+    let r = run.to_str().unwrap();
+    let o = jem(&[
+        "eval",
+        "ood",
+        "--run",
+        r,
+        "--ood",
+        "uniform,invert",
+        "--select",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let chosen = v["selected"]["score"].as_str().unwrap().to_string();
+    assert!(["logp", "py", "pxgrad", "energy-t1"].contains(&chosen.as_str()));
+    assert_eq!(v["selected"]["candidates"].as_array().unwrap().len(), 4);
+    assert_eq!(v["rows"].as_array().unwrap().len(), 8);
+    let o = jem(&["compare", r, "--chosen"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("OOD score (chosen on valid)")
+            && t.contains("AUROC chosen vs uniform")
+            && t.contains(&format!("| {chosen} |")),
+        "{t}"
+    );
+    let o = jem(&[
+        "eval", "ood", "--run", r, "--ood", "uniform", "--select", "--split", "valid",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("--select"),
+        "{}",
+        text(&o)
+    );
     let o = jem(&[
         "eval",
         "ood",

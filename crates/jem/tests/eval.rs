@@ -4,7 +4,10 @@ use burn::prelude::*;
 use jem::Engine;
 use jem::data::{Dataset, DatasetKind};
 use jem::eval::calibration::evaluate_calibration;
-use jem::eval::ood::{OodSet, Score, evaluate_ood, ood_images, score_images};
+use jem::eval::ood::{
+    OodReport, OodRow, OodSet, OodSpec, Score, SetHalf, evaluate_ood, ood_images, score_images,
+};
+use jem::eval::ood_select::{choose, evaluate_selected};
 use jem::model::Classifier;
 use jem::rng::Rng;
 
@@ -23,21 +26,21 @@ fn generated_sets_are_what_they_claim() {
     let (_, te) = synthetic();
     let mut rng = Rng::new(1, 0);
     let len = te.image_len();
-    let inv = ood_images(OodSet::Invert, &te, None, &mut rng).unwrap();
+    let inv = ood_images(OodSet::Invert, &te, None, SetHalf::All, &mut rng).unwrap();
     assert!(inv.iter().zip(&te.images).all(|(a, b)| *a == -*b));
-    let flip = ood_images(OodSet::Vflip, &te, None, &mut rng).unwrap();
+    let flip = ood_images(OodSet::Vflip, &te, None, SetHalf::All, &mut rng).unwrap();
     assert_eq!(flip[..28], te.images[27 * 28..28 * 28]);
-    let shuf = ood_images(OodSet::Shuffle, &te, None, &mut rng).unwrap();
+    let shuf = ood_images(OodSet::Shuffle, &te, None, SetHalf::All, &mut rng).unwrap();
     let mut a: Vec<u32> = shuf[..len].iter().map(|v| v.to_bits()).collect();
     let mut b: Vec<u32> = te.images[..len].iter().map(|v| v.to_bits()).collect();
     assert_ne!(a, b);
     a.sort();
     b.sort();
     assert_eq!(a, b, "a shuffled image keeps its pixels");
-    let cst = ood_images(OodSet::Constant, &te, None, &mut rng).unwrap();
+    let cst = ood_images(OodSet::Constant, &te, None, SetHalf::All, &mut rng).unwrap();
     assert!(cst[..len].iter().all(|&v| v == cst[0]));
     for set in [OodSet::Uniform, OodSet::Gaussian, OodSet::Interp] {
-        let v = ood_images(set, &te, None, &mut rng).unwrap();
+        let v = ood_images(set, &te, None, SetHalf::All, &mut rng).unwrap();
         assert_eq!(v.len(), te.images.len());
         assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)), "{set:?}");
     }
@@ -48,6 +51,7 @@ fn generated_sets_are_what_they_claim() {
         OodSet::Dataset(DatasetKind::Cifar10),
         &te,
         Some(cifar.path()),
+        SetHalf::All,
         &mut rng,
     )
     .unwrap_err();
@@ -71,10 +75,13 @@ fn a_trained_model_is_calibrated_somewhat_and_tells_noise_from_data() {
         Engine::for_model(&model),
         &model,
         &te,
-        &[OodSet::Uniform, OodSet::Invert],
-        None,
-        &scores,
-        64,
+        &OodSpec {
+            sets: &[OodSet::Uniform, OodSet::Invert],
+            dir: None,
+            scores: &scores,
+            batch_size: 64,
+            half: SetHalf::All,
+        },
         &mut Rng::new(2, 0),
     )
     .unwrap();
@@ -131,6 +138,115 @@ fn a_trained_model_is_calibrated_somewhat_and_tells_noise_from_data() {
         "{} vs -{norm}",
         s[0][0]
     );
+}
+
+#[test]
+fn a_data_set_ood_set_splits_into_two_disjoint_halves() {
+    let (_, te) = synthetic();
+    let dir = tempfile::tempdir().unwrap();
+    for d in 0..10 {
+        // 20 images of digit d, image j all of value (d * 20 + j) / 200 (distinct images).
+        let data: Vec<String> = (0..20 * 784)
+            .map(|i| format!("{}", (d * 20 + i / 784) as f32 / 200.0))
+            .collect();
+        std::fs::write(
+            dir.path().join(format!("{d}.json")),
+            format!("{{\"data\": [{}]}}", data.join(",")),
+        )
+        .unwrap();
+    }
+    let set = OodSet::Dataset(DatasetKind::Mnist);
+    let mut rng = Rng::new(0, 0);
+    let mut get = |half| ood_images(set, &te, Some(dir.path()), half, &mut rng).unwrap();
+    let (all, select, report) = (
+        get(SetHalf::All),
+        get(SetHalf::Select),
+        get(SetHalf::Report),
+    );
+    let firsts = |v: &[f32]| -> Vec<u32> { v.chunks_exact(784).map(|i| i[0].to_bits()).collect() };
+    let (all, select, report) = (firsts(&all), firsts(&select), firsts(&report));
+    assert_eq!(all.len(), 20, "the test split: a tenth of each digit");
+    assert_eq!((select.len(), report.len()), (10, 10));
+    assert!(select.iter().all(|v| !report.contains(v)), "disjoint");
+    let mut both: Vec<u32> = select.iter().chain(&report).copied().collect();
+    let mut want = all.clone();
+    both.sort();
+    want.sort();
+    assert_eq!(both, want, "together the whole set");
+}
+
+fn row(score: &str, set: &str, auroc: f64) -> OodRow {
+    OodRow {
+        score: score.into(),
+        set: set.into(),
+        auroc,
+        aupr_in: 0.5,
+        aupr_out: 0.5,
+        fpr95: 0.5,
+        n_ood: 10,
+    }
+}
+
+#[test]
+fn the_chosen_score_is_the_one_with_the_best_worst_set() {
+    let report = |rows| OodReport {
+        rows,
+        histograms: vec![],
+        selected: None,
+    };
+    // logp is best on average, py on its worst set: py is chosen.
+    let r = report(vec![
+        row("logp", "uniform", 1.0),
+        row("logp", "mnist", 0.6),
+        row("py", "uniform", 0.8),
+        row("py", "mnist", 0.7),
+        row("pxgrad", "uniform", f64::NAN),
+    ]);
+    let s = choose(&r).unwrap();
+    assert_eq!(s.score, "py");
+    let names: Vec<&str> = s.candidates.iter().map(|c| c.score.as_str()).collect();
+    assert_eq!(
+        names,
+        ["py", "logp"],
+        "best first; a score without AUROC left out"
+    );
+    assert_eq!(s.candidates[1].worst_set, "mnist");
+    assert!((s.candidates[1].mean_auroc - 0.8).abs() < 1e-12);
+    // Equal worst sets: the higher mean wins.
+    let r = report(vec![
+        row("a", "x", 0.7),
+        row("a", "y", 0.8),
+        row("b", "x", 0.7),
+        row("b", "y", 0.9),
+    ]);
+    assert_eq!(choose(&r).unwrap().score, "b");
+    assert!(choose(&report(vec![])).is_none());
+}
+
+#[test]
+fn a_score_chosen_on_validation_data_is_reported_on_the_test_split() {
+    let (tr, te) = synthetic();
+    let model = trained(&tr);
+    let valid = tr.subset(&(0..200).collect::<Vec<_>>());
+    let scores = [Score::Logp, Score::Py];
+    let spec = OodSpec {
+        sets: &[OodSet::Uniform, OodSet::Invert],
+        dir: None,
+        scores: &scores,
+        batch_size: 64,
+        half: SetHalf::All,
+    };
+    let engine = Engine::for_model(&model);
+    let r = evaluate_selected(engine, &model, &valid, &te, &spec, &mut Rng::new(3, 0)).unwrap();
+    let sel = r.selected.as_ref().unwrap();
+    assert_eq!(sel.candidates.len(), 2);
+    assert_eq!(sel.score, sel.candidates[0].score);
+    // The candidates are the validation figures: they match a plain validation evaluation.
+    let v = evaluate_ood(engine, &model, &valid, &spec, &mut Rng::new(3, 0)).unwrap();
+    assert_eq!(choose(&v).unwrap(), *sel);
+    // The rows are the test split's: four (score, set) pairs of 200 images each.
+    assert_eq!(r.rows.len(), 4);
+    assert!(r.rows.iter().all(|x| x.n_ood == te.len()));
 }
 
 mod attack {

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use jem::checkpoint::files;
 use jem::config::{RESUME_MAY_CHANGE, TrainConfig};
 use jem::data::{DataError, DatasetKind, Split, write_idx};
-use jem::eval::ood::{OodSet, ood_images};
+use jem::eval::ood::{OodSet, SetHalf, ood_images};
 use jem::eval::run::Run;
 use jem::rng::Rng;
 use jem::train::{NoObserver, Trainer};
@@ -171,10 +171,16 @@ fn an_ood_set_of_another_shape_is_refused_naming_its_directory() {
     let cifar = tempfile::tempdir().unwrap();
     write_cifar_test(cifar.path(), 4);
     let set = OodSet::Dataset(DatasetKind::Cifar10);
-    let e = ood_images(set, &inside, Some(cifar.path()), &mut Rng::new(0, 0))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = ood_images(
+        set,
+        &inside,
+        Some(cifar.path()),
+        SetHalf::All,
+        &mut Rng::new(0, 0),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(
         e.contains(&cifar.path().display().to_string())
             && e.contains("[3, 32, 32]")

@@ -147,13 +147,47 @@ impl clap::ValueEnum for Score {
     }
 }
 
+/// Which images of a data-set OOD set an evaluation sees. Choosing a score on validation data
+/// and then reporting it on the same MNIST digits would grade the choice on what made it, so
+/// a selection sees one half of the set and the report the other. Generated sets need no
+/// halves: they are drawn anew from the split being evaluated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SetHalf {
+    /// Every image.
+    #[default]
+    All,
+    /// The even-numbered images (what a score is chosen on).
+    Select,
+    /// The odd-numbered images (what the chosen score is reported on).
+    Report,
+}
+
+impl SetHalf {
+    /// Keep this half of `images` (`len` values each).
+    fn take(self, images: Vec<f32>, len: usize) -> Vec<f32> {
+        let parity = match self {
+            SetHalf::All => return images,
+            SetHalf::Select => 0,
+            SetHalf::Report => 1,
+        };
+        images
+            .chunks_exact(len)
+            .enumerate()
+            .filter(|(i, _)| i % 2 == parity)
+            .flat_map(|(_, img)| img.iter().copied())
+            .collect()
+    }
+}
+
 /// Images of `set`, shaped like `inside` (`[n, c, h, w]`, as many as `inside` holds for the
-/// generated sets). A data set is read from `dir` (default: its default directory); one of
-/// another image shape is an error, not a silent resize.
+/// generated sets). A data set is read from `dir` (default: its default directory), `half`
+/// of its images kept; one of another image shape is an error, not a silent resize.
 pub fn ood_images(
     set: OodSet,
     inside: &Dataset,
     dir: Option<&Path>,
+    half: SetHalf,
     rng: &mut Rng,
 ) -> Result<Vec<f32>> {
     let [c, h, w] = inside.shape;
@@ -172,7 +206,7 @@ pub fn ood_images(
                 }
                 .into());
             }
-            return Ok(other.images);
+            return Ok(half.take(other.images, len));
         }
         OodSet::Uniform => rng.fill_uniform(&mut out, -1.0, 1.0),
         OodSet::Gaussian => {
@@ -363,6 +397,49 @@ pub struct OodReport {
     pub rows: Vec<OodRow>,
     /// One histogram per score.
     pub histograms: Vec<ScoreHistogram>,
+    /// The score chosen on validation data, when the evaluation made a choice
+    /// ([`crate::eval::ood_select::evaluate_selected`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected: Option<Selection>,
+}
+
+/// How one score did over every OOD set of an evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreSummary {
+    /// Score name.
+    pub score: String,
+    /// Its lowest AUROC over the sets.
+    pub worst_auroc: f64,
+    /// The set of that lowest AUROC.
+    pub worst_set: String,
+    /// Its mean AUROC over the sets.
+    pub mean_auroc: f64,
+}
+
+/// The one score an evaluation reports as its detector, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Selection {
+    /// The chosen score.
+    pub score: String,
+    /// What it was chosen on, in words.
+    pub criterion: String,
+    /// Every candidate on the selection data, best first.
+    pub candidates: Vec<ScoreSummary>,
+}
+
+/// What an OOD evaluation scores, against what.
+#[derive(Clone, Copy, Debug)]
+pub struct OodSpec<'a> {
+    /// The OOD sets.
+    pub sets: &'a [OodSet],
+    /// Directory of the data-set OOD sets' files (default: each set's default directory).
+    pub dir: Option<&'a Path>,
+    /// The scores.
+    pub scores: &'a [Score],
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Which half of each data-set OOD set is scored.
+    pub half: SetHalf,
 }
 
 /// Density of `values` over `edges` (values outside are not counted).
@@ -403,19 +480,23 @@ fn edges_for(all: &[&[f64]], bins: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Score `inside` and every set in `sets`, and tabulate each (score, set) pair. Data-set
-/// OOD sets are read from `dir` when given (see [`ood_images`]).
-#[allow(clippy::too_many_arguments)]
+/// Score `inside` and every set of `spec`, and tabulate each (score, set) pair (the data-set
+/// OOD sets as [`ood_images`] reads them). No score is chosen: see
+/// [`crate::eval::ood_select::evaluate_selected`].
 pub fn evaluate_ood(
     engine: Engine,
     model: &Classifier,
     inside: &Dataset,
-    sets: &[OodSet],
-    dir: Option<&Path>,
-    scores: &[Score],
-    batch_size: usize,
+    spec: &OodSpec,
     rng: &mut Rng,
 ) -> Result<OodReport> {
+    let OodSpec {
+        sets,
+        dir,
+        scores,
+        batch_size,
+        half,
+    } = *spec;
     let ins = score_images(
         engine,
         model,
@@ -427,7 +508,7 @@ pub fn evaluate_ood(
     let mut rows = Vec::new();
     let mut per_set = Vec::new();
     for &set in sets {
-        let images = ood_images(set, inside, dir, rng)?;
+        let images = ood_images(set, inside, dir, half, rng)?;
         let outs = score_images(engine, model, &images, inside.shape, scores, batch_size);
         for ((s, pos), neg) in scores.iter().zip(&ins).zip(&outs) {
             let neg_pos: Vec<f64> = neg.iter().map(|v| -v).collect();
@@ -466,5 +547,9 @@ pub fn evaluate_ood(
             }
         })
         .collect();
-    Ok(OodReport { rows, histograms })
+    Ok(OodReport {
+        rows,
+        histograms,
+        selected: None,
+    })
 }

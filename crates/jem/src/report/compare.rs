@@ -41,6 +41,8 @@ pub struct Row {
     pub ece: Option<f64>,
     /// AUROC per (score, OOD set) from `eval/ood-test.json`.
     pub auroc: Vec<(String, String, f64)>,
+    /// The OOD score chosen on validation data (`jem eval ood --select`), if one was.
+    pub chosen_score: Option<String>,
 }
 
 fn method(dir: &Path) -> Result<(String, u64, Option<u64>)> {
@@ -111,7 +113,23 @@ pub fn row(dir: &Path) -> Result<Row> {
         accuracy: num("accuracy-test", "accuracy"),
         ece: num("calibration-test", "ece"),
         auroc,
+        chosen_score: find("ood-test")
+            .and_then(|v| v.pointer("/selected/score"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
+}
+
+impl Row {
+    /// Keep only the chosen score's AUROCs, under the score name `chosen` (so that runs
+    /// which chose different scores share columns); a row without a choice keeps none.
+    pub fn only_chosen(&mut self) {
+        let chosen = self.chosen_score.clone();
+        self.auroc.retain(|(s, _, _)| Some(s) == chosen.as_ref());
+        for t in &mut self.auroc {
+            t.0 = "chosen".into();
+        }
+    }
 }
 
 /// Rows for every run, in order.
@@ -130,12 +148,16 @@ pub fn markdown(rows: &[Row]) -> String {
         }
     }
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    let with_chosen = rows.iter().any(|r| r.chosen_score.is_some());
     let mut o = String::from("| run | method | seed | steps | acc | ECE |");
+    if with_chosen {
+        o.push_str(" OOD score (chosen on valid) |");
+    }
     for (s, set) in &cols {
         let _ = write!(o, " AUROC {s} vs {set} |");
     }
     o.push_str(" ms/step | recoveries | finished |\n|");
-    for _ in 0..cols.len() + 9 {
+    for _ in 0..cols.len() + 9 + usize::from(with_chosen) {
         o.push_str("---|");
     }
     o.push('\n');
@@ -153,6 +175,9 @@ pub fn markdown(rows: &[Row]) -> String {
             opt(r.accuracy, 4),
             opt(r.ece, 4)
         );
+        if with_chosen {
+            let _ = write!(o, " {} |", r.chosen_score.as_deref().unwrap_or("-"));
+        }
         for (s, set) in &cols {
             let v = r
                 .auroc

@@ -234,6 +234,7 @@ fn eval_ood(o: &mut String, id: &str, v: &Value) {
         &["score", "OOD set", "AUROC", "AUPR-in", "AUPR-out", "FPR95"],
         &rows,
     );
+    ood_selection(o, id, v);
     *o += r#"<div class="figs">"#;
     for h in v
         .get("histograms")
@@ -244,6 +245,45 @@ fn eval_ood(o: &mut String, id: &str, v: &Value) {
         *o += &figures::ood_histogram(&h);
     }
     *o += "</div>";
+}
+
+/// The score an OOD evaluation chose on validation data (`--select`), with its candidates.
+fn ood_selection(o: &mut String, id: &str, v: &Value) {
+    let Some(sel) = v.get("selected") else {
+        return;
+    };
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let _ = write!(
+        o,
+        "<p>The detector: <b>{}</b>, chosen by the {}.</p>",
+        escape(&text(sel, "score")),
+        escape(&text(sel, "criterion"))
+    );
+    let rows: Vec<Vec<String>> = sel
+        .get("candidates")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            vec![
+                text(c, "score"),
+                f4(num(c, "worst_auroc")),
+                text(c, "worst_set"),
+                f4(num(c, "mean_auroc")),
+            ]
+        })
+        .collect();
+    *o += &table(
+        &format!("{id}-selection"),
+        &[
+            "score",
+            "validation: worst AUROC",
+            "worst set",
+            "mean AUROC",
+        ],
+        &rows,
+    );
 }
 
 /// The robust-accuracy table and curve of an attack evaluation.
