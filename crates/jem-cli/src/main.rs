@@ -71,6 +71,10 @@ struct CompareArgs {
     /// Only the OOD score each run chose on validation data (`jem eval ood --select`).
     #[arg(long)]
     chosen: bool,
+    /// The runs are seeds of one recipe (configs equal but for `seed`): print the mean,
+    /// spread and range of every figure instead of one row per run.
+    #[arg(long)]
+    seeds: bool,
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
@@ -122,8 +126,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Compare(a) => {
-            let mut rows = jem::report::compare::compare(&a.runs)?;
-            for r in &mut rows {
+            let keep = |r: &mut jem::report::compare::Row| {
                 if a.chosen {
                     r.only_chosen();
                 }
@@ -131,7 +134,18 @@ fn run(cli: Cli) -> Result<()> {
                     (a.chosen || a.scores.is_empty() || a.scores.contains(score))
                         && (a.sets.is_empty() || a.sets.contains(set))
                 });
+            };
+            if a.seeds {
+                let s = jem::report::seeds::summarise(&a.runs, keep)?;
+                if a.json {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                } else {
+                    print!("{}", jem::report::seeds::markdown(&s));
+                }
+                return Ok(());
             }
+            let mut rows = jem::report::compare::compare(&a.runs)?;
+            rows.iter_mut().for_each(keep);
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {

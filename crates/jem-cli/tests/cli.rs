@@ -555,6 +555,54 @@ fn jem_pp_igebm_and_lsd_train_evaluate_and_compare() {
 }
 
 #[test]
+fn seeds_of_one_recipe_are_summarised_and_other_configs_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    jem::data::synthetic::write_synthetic_fashion(&data, 96, 40, 3).unwrap();
+    let mut dirs = Vec::new();
+    for (name, extra) in [
+        ("s1", vec!["--seed", "1"]),
+        ("s2", vec!["--seed", "2"]),
+        ("lr", vec!["--seed", "3", "--lr", "2e-3"]),
+    ] {
+        let run = tmp.path().join(name);
+        let mut flags = vec!["--max-steps", "2", "--objective", "softmax"];
+        flags.extend(extra);
+        let o = train_tiny(&data, &run, &flags);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let r = run.to_str().unwrap().to_string();
+        let o = jem(&["eval", "accuracy", "--run", &r]);
+        assert!(o.status.success(), "{}", text(&o));
+        dirs.push(r);
+    }
+    let o = jem(&["compare", "--seeds", "--json", &dirs[0], &dirs[1]]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["seeds"], serde_json::json!([1, 2]));
+    let acc = v["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "accuracy")
+        .unwrap();
+    let vals: Vec<f64> = acc["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(vals.len(), 2);
+    let mean = acc["mean"].as_f64().unwrap();
+    assert!((mean - (vals[0] + vals[1]) / 2.0).abs() < 1e-12);
+    let o = jem(&["compare", "--seeds", &dirs[0], &dirs[2]]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("optim.lr") && t.contains(&dirs[2]),
+        "{t}"
+    );
+}
+
+#[test]
 fn bf16_chains_train_and_are_saved_in_the_config() {
     if !jem::cnn_cpu::supports(jem::sgld::Precision::Bf16) {
         eprintln!("this CPU has no AVX512-BF16: bf16 chains cannot run here");

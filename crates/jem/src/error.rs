@@ -205,6 +205,18 @@ pub enum Error {
         /// The evaluation asked for.
         what: String,
     },
+    /// Runs summarised as seeds of one recipe whose configs differ in more than the seed.
+    #[error(
+        "{other} is not another seed of {first}: their configs differ in `{field}` (seeds of one recipe differ in `seed` only)"
+    )]
+    NotSeeds {
+        /// The first run.
+        first: PathBuf,
+        /// The run that differs from it.
+        other: PathBuf,
+        /// The first differing config field, dotted (e.g. `optim.lr`).
+        field: String,
+    },
     /// Inputs of the wrong shape for a model or an evaluation.
     #[error("shape mismatch: {0}")]
     Shape(String),

@@ -43,6 +43,32 @@ pub struct Row {
     pub auroc: Vec<(String, String, f64)>,
     /// The OOD score chosen on validation data (`jem eval ood --select`), if one was.
     pub chosen_score: Option<String>,
+    /// Per saved attack evaluation (`eval/attack-NORM-refineK-test.json`): its name
+    /// (`linf-refine0`), its largest radius and the robust accuracy there.
+    pub robust: Vec<(String, f64, f64)>,
+    /// Sample accuracy in the feature run's classifier (`eval/samples.json`).
+    pub sample_accuracy: Option<f64>,
+    /// FID of the buffer samples in the feature run's features (`eval/samples.json`).
+    pub fid: Option<f64>,
+}
+
+/// Per attack evaluation: (name, largest radius, robust accuracy there).
+fn robust_of(results: &[(String, Value)]) -> Vec<(String, f64, f64)> {
+    results
+        .iter()
+        .filter_map(|(name, v)| {
+            let short = name.strip_prefix("attack-")?.strip_suffix("-test")?;
+            let last = v
+                .get("results")?
+                .as_array()?
+                .iter()
+                .filter_map(|r| {
+                    Some((r.get("eps")?.as_f64()?, r.get("robust_accuracy")?.as_f64()?))
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0))?;
+            Some((short.to_string(), last.0, last.1))
+        })
+        .collect()
 }
 
 fn method(dir: &Path) -> Result<(String, u64, Option<u64>)> {
@@ -113,6 +139,9 @@ pub fn row(dir: &Path) -> Result<Row> {
         accuracy: num("accuracy-test", "accuracy"),
         ece: num("calibration-test", "ece"),
         auroc,
+        robust: robust_of(&results),
+        sample_accuracy: num("samples", "sample_accuracy"),
+        fid: num("samples", "fid"),
         chosen_score: find("ood-test")
             .and_then(|v| v.pointer("/selected/score"))
             .and_then(Value::as_str)

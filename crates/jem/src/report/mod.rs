@@ -5,6 +5,7 @@
 pub mod compare;
 pub mod figures;
 pub mod raster;
+pub mod seeds;
 pub mod svg;
 
 use std::fmt::Write;
