@@ -74,7 +74,8 @@ for run in "$jem_run" "$soft_run"; do
   echo "== evaluating $run"
   "$jem" eval accuracy --run "$run" "${eval_limit[@]}"
   "$jem" eval calibration --run "$run" "${eval_limit[@]}"
-  "$jem" eval ood --run "$run" --ood "$ood" --scores logp,py,pxgrad "${eval_limit[@]}"
+  # One detector per run: the score with the best worst-set AUROC on the validation split.
+  "$jem" eval ood --run "$run" --ood "$ood" --scores logp,py,pxgrad --select "${eval_limit[@]}"
   # PGD L-inf at eps 8/255 (and 0 as the clean check).
   "$jem" eval attack --run "$run" --norm linf --eps 0,0.0313725 "${attack_flags[@]}"
 done
@@ -87,5 +88,5 @@ done
 "$jem" sample --run "$jem_run" --per-class --n 8 --out "$jem_run/samples-per-class.png"
 "$jem" report --run "$jem_run" --baseline "$soft_run" --out "$jem_run/report.html"
 echo "== JEM against softmax (same model, budget and augmentation)"
-"$jem" compare "$jem_run" "$soft_run" --sets "${ood%%,*}"
+"$jem" compare "$jem_run" "$soft_run" --chosen
 echo "report: $jem_run/report.html; total time $(($(date +%s) - t0)) s"

@@ -548,7 +548,7 @@ fn jem_pp_igebm_and_lsd_train_evaluate_and_compare() {
     );
     let o = jem(&["compare", &dirs[0], &dirs[2]]);
     assert!(
-        text(&o).contains("| jempp | jem pyld/informative |"),
+        text(&o).contains("| | jempp (jem pyld/informative) | lsd (lsd) |"),
         "{}",
         text(&o)
     );

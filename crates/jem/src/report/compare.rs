@@ -166,66 +166,97 @@ pub fn compare(dirs: &[PathBuf]) -> Result<Vec<Row>> {
     dirs.iter().map(|d| row(d)).collect()
 }
 
-/// The rows as a Markdown table; one AUROC column per (score, set) seen in any row.
-pub fn markdown(rows: &[Row]) -> String {
-    let mut cols: Vec<(String, String)> = Vec::new();
-    for r in rows {
-        for (s, set, _) in &r.auroc {
-            if !cols.iter().any(|(a, b)| a == s && b == set) {
-                cols.push((s.clone(), set.clone()));
+impl Row {
+    /// Every figure of the row by name, in a fixed order (missing ones left out):
+    /// accuracy, ECE, each AUROC, each robust accuracy, sample accuracy, FID, recoveries,
+    /// ms/step.
+    pub fn figures(&self) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = Vec::new();
+        let mut push = |name: String, v: Option<f64>| {
+            if let Some(v) = v.filter(|v| v.is_finite()) {
+                out.push((name, v));
             }
+        };
+        push("accuracy".into(), self.accuracy);
+        push("ECE".into(), self.ece);
+        for (score, set, a) in &self.auroc {
+            push(format!("AUROC {score} vs {set}"), Some(*a));
+        }
+        for (name, eps, acc) in &self.robust {
+            push(format!("robust {name} @ {eps:.4}"), Some(*acc));
+        }
+        push("sample accuracy".into(), self.sample_accuracy);
+        push("FID".into(), self.fid);
+        push("recoveries".into(), Some(f64::from(self.recoveries)));
+        push("ms/step".into(), self.ms_per_step);
+        out
+    }
+}
+
+/// The rows side by side as a Markdown table: one column per run, one line per figure
+/// that any run has (a dash where a run lacks it).
+pub fn markdown(rows: &[Row]) -> String {
+    let per_row: Vec<Vec<(String, f64)>> = rows.iter().map(Row::figures).collect();
+    let mut names: Vec<&str> = Vec::new();
+    for (n, _) in per_row.iter().flatten() {
+        if !names.contains(&n.as_str()) {
+            names.push(n);
         }
     }
-    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
-    let with_chosen = rows.iter().any(|r| r.chosen_score.is_some());
-    let mut o = String::from("| run | method | seed | steps | acc | ECE |");
-    if with_chosen {
-        o.push_str(" OOD score (chosen on valid) |");
-    }
-    for (s, set) in &cols {
-        let _ = write!(o, " AUROC {s} vs {set} |");
-    }
-    o.push_str(" ms/step | recoveries | finished |\n|");
-    for _ in 0..cols.len() + 9 + usize::from(with_chosen) {
-        o.push_str("---|");
-    }
-    o.push('\n');
+    let mut o = String::from("| |");
     for r in rows {
         let name = r.run.file_name().map_or_else(
             || r.run.display().to_string(),
             |n| n.to_string_lossy().into(),
         );
-        let _ = write!(
-            o,
-            "| {name} | {} | {} | {} | {} | {} |",
-            r.method,
-            r.seed,
-            r.step,
-            opt(r.accuracy, 4),
-            opt(r.ece, 4)
-        );
-        if with_chosen {
-            let _ = write!(o, " {} |", r.chosen_score.as_deref().unwrap_or("-"));
-        }
-        for (s, set) in &cols {
-            let v = r
-                .auroc
-                .iter()
-                .find(|(a, b, _)| a == s && b == set)
-                .map(|t| t.2);
-            let _ = write!(o, " {} |", opt(v, 3));
-        }
-        let _ = writeln!(
-            o,
-            " {} | {} | {} |",
-            opt(r.ms_per_step, 0),
-            r.recoveries,
-            if r.stopped_early {
-                "no (diverged)"
-            } else {
-                "yes"
-            }
+        let _ = write!(o, " {name} ({}) |", r.method);
+    }
+    o.push_str("\n|---|");
+    o.push_str(&"---|".repeat(rows.len()));
+    o.push('\n');
+    let mut line = |label: &str, cells: Vec<String>| {
+        let _ = writeln!(o, "| {label} | {} |", cells.join(" | "));
+    };
+    line("seed", rows.iter().map(|r| r.seed.to_string()).collect());
+    line("steps", rows.iter().map(|r| r.step.to_string()).collect());
+    if rows.iter().any(|r| r.chosen_score.is_some()) {
+        line(
+            "OOD score (chosen on valid)",
+            rows.iter()
+                .map(|r| r.chosen_score.clone().unwrap_or_else(|| "-".into()))
+                .collect(),
         );
     }
+    for n in names {
+        let digits = if n == "ms/step" || n == "recoveries" || n == "FID" {
+            1
+        } else {
+            4
+        };
+        line(
+            n,
+            per_row
+                .iter()
+                .map(|f| {
+                    f.iter()
+                        .find(|(m, _)| m == n)
+                        .map_or("-".into(), |t| format!("{:.digits$}", t.1))
+                })
+                .collect(),
+        );
+    }
+    line(
+        "finished",
+        rows.iter()
+            .map(|r| {
+                if r.stopped_early {
+                    "no (gave up)"
+                } else {
+                    "yes"
+                }
+                .to_string()
+            })
+            .collect(),
+    );
     o
 }

@@ -99,29 +99,6 @@ pub fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
     }
 }
 
-/// Each named figure of a row, in a fixed order.
-fn figures_of(r: &Row) -> Vec<(String, f64)> {
-    let mut out: Vec<(String, f64)> = Vec::new();
-    let mut push = |name: String, v: Option<f64>| {
-        if let Some(v) = v.filter(|v| v.is_finite()) {
-            out.push((name, v));
-        }
-    };
-    push("accuracy".into(), r.accuracy);
-    push("ECE".into(), r.ece);
-    for (score, set, a) in &r.auroc {
-        push(format!("AUROC {score} vs {set}"), Some(*a));
-    }
-    for (name, eps, acc) in &r.robust {
-        push(format!("robust {name} @ {eps:.4}"), Some(*acc));
-    }
-    push("sample accuracy".into(), r.sample_accuracy);
-    push("FID".into(), r.fid);
-    push("recoveries".into(), Some(f64::from(r.recoveries)));
-    push("ms/step".into(), r.ms_per_step);
-    out
-}
-
 /// Summarise `dirs` as seeds of one recipe: `Err(NotSeeds)` naming the first config field
 /// (other than `seed`) in which a run differs from the first. `keep` filters each row's
 /// AUROCs first (as `jem compare --scores/--sets/--chosen` do).
@@ -149,7 +126,7 @@ pub fn summarise(dirs: &[PathBuf], keep: impl Fn(&mut Row)) -> Result<SeedSummar
         rows.push(r);
     }
     let mut names: Vec<String> = Vec::new();
-    let per_row: Vec<Vec<(String, f64)>> = rows.iter().map(figures_of).collect();
+    let per_row: Vec<Vec<(String, f64)>> = rows.iter().map(Row::figures).collect();
     for (n, _) in per_row.iter().flatten() {
         if !names.contains(n) {
             names.push(n.clone());
