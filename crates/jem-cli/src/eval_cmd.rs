@@ -246,6 +246,10 @@ pub(crate) struct OodArgs {
     /// with that score marked.
     #[arg(long)]
     select: bool,
+    /// With --select: choose against these sets only (comma-separated; default: every set
+    /// of --ood), e.g. the sets a target is set on; the report still covers every set.
+    #[arg(long, value_enum, value_delimiter = ',', requires = "select")]
+    select_on: Vec<OodSet>,
 }
 
 pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
@@ -284,7 +288,14 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
             );
         }
         let valid = a.data.limited(run.data(Split::Valid)?)?;
-        evaluate_selected(run.engine, &run.model, &valid, &data, &spec, &mut rng)?
+        evaluate_selected(
+            run.engine,
+            &run.model,
+            (&valid, &data),
+            &spec,
+            &a.select_on,
+            &mut rng,
+        )?
     } else {
         evaluate_ood(run.engine, &run.model, &data, &spec, &mut rng)?
     };
@@ -332,7 +343,12 @@ fn print_ood(report: &jem::eval::ood::OodReport) {
         );
     }
     if let Some(s) = &report.selected {
-        println!("* chosen: {} ({})", s.score, s.criterion);
+        println!(
+            "* chosen: {} ({}; sets {})",
+            s.score,
+            s.criterion,
+            s.sets.join(",")
+        );
         for c in &s.candidates {
             println!(
                 "  validation {:<12} worst AUROC {:.4} ({}), mean {:.4}",

@@ -237,7 +237,15 @@ fn a_score_chosen_on_validation_data_is_reported_on_the_test_split() {
         half: SetHalf::All,
     };
     let engine = Engine::for_model(&model);
-    let r = evaluate_selected(engine, &model, &valid, &te, &spec, &mut Rng::new(3, 0)).unwrap();
+    let r = evaluate_selected(
+        engine,
+        &model,
+        (&valid, &te),
+        &spec,
+        &[],
+        &mut Rng::new(3, 0),
+    )
+    .unwrap();
     let sel = r.selected.as_ref().unwrap();
     assert_eq!(sel.candidates.len(), 2);
     assert_eq!(sel.score, sel.candidates[0].score);
@@ -247,6 +255,21 @@ fn a_score_chosen_on_validation_data_is_reported_on_the_test_split() {
     // The rows are the test split's: four (score, set) pairs of 200 images each.
     assert_eq!(r.rows.len(), 4);
     assert!(r.rows.iter().all(|x| x.n_ood == te.len()));
+    // Chosen against invert alone: the candidates' worst set is invert, the report has both.
+    let only = [OodSet::Invert];
+    let r = evaluate_selected(
+        engine,
+        &model,
+        (&valid, &te),
+        &spec,
+        &only,
+        &mut Rng::new(3, 0),
+    )
+    .unwrap();
+    let sel = r.selected.unwrap();
+    assert!(sel.candidates.iter().all(|c| c.worst_set == "invert"));
+    assert_eq!(sel.sets, ["invert"]);
+    assert_eq!(r.rows.len(), 4);
 }
 
 mod attack {

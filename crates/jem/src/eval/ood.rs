@@ -423,6 +423,9 @@ pub struct Selection {
     pub score: String,
     /// What it was chosen on, in words.
     pub criterion: String,
+    /// The OOD sets it was chosen against.
+    #[serde(default)]
+    pub sets: Vec<String>,
     /// Every candidate on the selection data, best first.
     pub candidates: Vec<ScoreSummary>,
 }

@@ -7,7 +7,9 @@
 use crate::Result;
 use crate::data::Dataset;
 use crate::engine::Engine;
-use crate::eval::ood::{OodReport, OodSpec, ScoreSummary, Selection, SetHalf, evaluate_ood};
+use crate::eval::ood::{
+    OodReport, OodSet, OodSpec, ScoreSummary, Selection, SetHalf, evaluate_ood,
+};
 use crate::model::Classifier;
 use crate::rng::Rng;
 
@@ -54,22 +56,30 @@ pub fn summarise(report: &OodReport) -> Vec<ScoreSummary> {
 /// The best score of a validation `report` by [`CRITERION`]; `None` when it has no rows.
 pub fn choose(report: &OodReport) -> Option<Selection> {
     let candidates = summarise(report);
+    let mut sets: Vec<String> = Vec::new();
+    for r in &report.rows {
+        if !sets.contains(&r.set) {
+            sets.push(r.set.clone());
+        }
+    }
     Some(Selection {
         score: candidates.first()?.score.clone(),
         criterion: CRITERION.to_string(),
+        sets,
         candidates,
     })
 }
 
-/// Choose a score on `valid` (with the [`SetHalf::Select`] half of each data-set OOD set),
-/// then evaluate `test` (with the [`SetHalf::Report`] half) and record the choice in the
+/// Choose a score on `valid` against the sets `select_on` (every set of `spec` when empty;
+/// with the [`SetHalf::Select`] half of each data-set OOD set), then evaluate `test` against
+/// every set of `spec` (with the [`SetHalf::Report`] half) and record the choice in the
 /// report. `spec.half` is ignored: the halves are this function's.
 pub fn evaluate_selected(
     engine: Engine,
     model: &Classifier,
-    valid: &Dataset,
-    test: &Dataset,
+    (valid, test): (&Dataset, &Dataset),
     spec: &OodSpec,
+    select_on: &[OodSet],
     rng: &mut Rng,
 ) -> Result<OodReport> {
     let on_valid = evaluate_ood(
@@ -77,6 +87,11 @@ pub fn evaluate_selected(
         model,
         valid,
         &OodSpec {
+            sets: if select_on.is_empty() {
+                spec.sets
+            } else {
+                select_on
+            },
             half: SetHalf::Select,
             ..*spec
         },

@@ -256,9 +256,19 @@ fn ood_selection(o: &mut String, id: &str, v: &Value) {
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let _ = write!(
         o,
-        "<p>The detector: <b>{}</b>, chosen by the {}.</p>",
+        "<p>The detector: <b>{}</b>, chosen by the {} against {}.</p>",
         escape(&text(sel, "score")),
-        escape(&text(sel, "criterion"))
+        escape(&text(sel, "criterion")),
+        escape(
+            &sel.get("sets")
+                .and_then(Value::as_array)
+                .map(|a| a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        )
     );
     let rows: Vec<Vec<String>> = sel
         .get("candidates")
