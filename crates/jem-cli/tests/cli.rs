@@ -306,6 +306,8 @@ fn train_resume_eval_sample_bench() {
         "eval-accuracy-refine2-valid",
         "eval-calibration-test",
         "eval-ood-test",
+        "eval-ood-test-selection",
+        "side-by-side",
         "eval-attack-l2-refine1-test",
         "eval-samples",
     ] {
@@ -548,7 +550,7 @@ fn jem_pp_igebm_and_lsd_train_evaluate_and_compare() {
     );
     let o = jem(&["compare", &dirs[0], &dirs[2]]);
     assert!(
-        text(&o).contains("| | jempp (jem pyld/informative) | lsd (lsd) |"),
+        text(&o).contains("| jempp (jem pyld/informative) | lsd (lsd) |"),
         "{}",
         text(&o)
     );

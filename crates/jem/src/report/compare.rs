@@ -193,9 +193,9 @@ impl Row {
     }
 }
 
-/// The rows side by side as a Markdown table: one column per run, one line per figure
-/// that any run has (a dash where a run lacks it).
-pub fn markdown(rows: &[Row]) -> String {
+/// The rows side by side: a header (`""`, then each run's name and method) and one line per
+/// figure that any run has (a dash where a run lacks it).
+pub fn side_by_side(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
     let per_row: Vec<Vec<(String, f64)>> = rows.iter().map(Row::figures).collect();
     let mut names: Vec<&str> = Vec::new();
     for (n, _) in per_row.iter().flatten() {
@@ -203,19 +203,18 @@ pub fn markdown(rows: &[Row]) -> String {
             names.push(n);
         }
     }
-    let mut o = String::from("| |");
-    for r in rows {
-        let name = r.run.file_name().map_or_else(
-            || r.run.display().to_string(),
-            |n| n.to_string_lossy().into(),
-        );
-        let _ = write!(o, " {name} ({}) |", r.method);
-    }
-    o.push_str("\n|---|");
-    o.push_str(&"---|".repeat(rows.len()));
-    o.push('\n');
+    let head = std::iter::once(String::new())
+        .chain(rows.iter().map(|r| {
+            let name = r.run.file_name().map_or_else(
+                || r.run.display().to_string(),
+                |n| n.to_string_lossy().into(),
+            );
+            format!("{name} ({})", r.method)
+        }))
+        .collect();
+    let mut lines: Vec<Vec<String>> = Vec::new();
     let mut line = |label: &str, cells: Vec<String>| {
-        let _ = writeln!(o, "| {label} | {} |", cells.join(" | "));
+        lines.push(std::iter::once(label.to_string()).chain(cells).collect());
     };
     line("seed", rows.iter().map(|r| r.seed.to_string()).collect());
     line("steps", rows.iter().map(|r| r.step.to_string()).collect());
@@ -228,10 +227,10 @@ pub fn markdown(rows: &[Row]) -> String {
         );
     }
     for n in names {
-        let digits = if n == "ms/step" || n == "recoveries" || n == "FID" {
-            1
-        } else {
-            4
+        let digits = match n {
+            "recoveries" => 0,
+            "ms/step" | "FID" => 1,
+            _ => 4,
         };
         line(
             n,
@@ -258,5 +257,23 @@ pub fn markdown(rows: &[Row]) -> String {
             })
             .collect(),
     );
+    (head, lines)
+}
+
+/// [`side_by_side`] as a Markdown table.
+pub fn markdown(rows: &[Row]) -> String {
+    let (head, lines) = side_by_side(rows);
+    let mut o = format!(
+        "|{}|\n|",
+        head.iter()
+            .map(|h| format!(" {h} "))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    o.push_str(&"---|".repeat(head.len()));
+    o.push('\n');
+    for l in lines {
+        let _ = writeln!(o, "| {} |", l.join(" | "));
+    }
     o
 }

@@ -532,6 +532,19 @@ body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collaps
 </style></head><body><h1>jem report</h1>"#,
     );
     o += &summary(&runs);
+    let dirs: Vec<&Path> = std::iter::once(run).chain(baseline).collect();
+    let rows: Vec<compare::Row> = dirs
+        .iter()
+        .map(|d| compare::row(d))
+        .collect::<Result<_>>()?;
+    let mut rows = rows;
+    rows.iter_mut().for_each(compare::Row::only_chosen);
+    if rows.iter().any(|r| r.chosen_score.is_some()) {
+        let (head, lines) = compare::side_by_side(&rows);
+        let head: Vec<&str> = head.iter().map(String::as_str).collect();
+        o += "<h2>Every claim, side by side (OOD: the score chosen on validation data)</h2>";
+        o += &table("side-by-side", &head, &lines);
+    }
     o += r#"<div class="cols">"#;
     for r in &runs {
         o += &section(r);
