@@ -43,10 +43,13 @@ pub(crate) struct TrainArgs {
     /// Network architecture.
     #[arg(long, value_enum)]
     pub(crate) arch: Option<Arch>,
-    /// CNN channel widths, comma-separated (e.g. 64,128,256,256): the first convolution
-    /// keeps the image size, each further one halves it.
+    /// CNN channel widths, comma-separated (e.g. 64,128,256,256): by default the first
+    /// convolution keeps the image size and each further one halves it (see --strides).
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["arch"])]
     pub(crate) widths: Option<Vec<usize>>,
+    /// With --widths: each convolution's stride, 1 or 2, comma-separated (default 1, then 2).
+    #[arg(long, value_delimiter = ',', requires = "widths")]
+    pub(crate) strides: Option<Vec<usize>>,
     /// Wide-ResNet depth (6n + 4).
     #[arg(long, default_value_t = 28)]
     pub(crate) wrn_depth: usize,
@@ -252,8 +255,12 @@ impl TrainArgs {
         value(o, "--arch", &self.arch, move |c, v| {
             c.model = ModelConfig::from_arch(v, depth, widen)
         });
-        value(o, "--widths", &self.widths, |c, v| {
-            c.model = ModelConfig::Cnn { widths: v }
+        let strides = self.strides.clone().unwrap_or_default();
+        value(o, "--widths", &self.widths, move |c, widths| {
+            c.model = ModelConfig::Cnn {
+                widths,
+                strides: strides.clone(),
+            }
         });
         value(o, "--seed", &self.seed, |c, v| c.seed = v);
         value(o, "--batch-size", &self.batch_size, |c, v| {

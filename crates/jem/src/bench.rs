@@ -35,11 +35,12 @@ pub fn forward_flops(model: &ModelConfig, shape: [usize; 3], classes: usize) -> 
     let down = |n: usize| n.div_ceil(2);
     let [c, mut h, mut w] = shape;
     match model {
-        ModelConfig::Cnn { widths } => {
+        ModelConfig::Cnn { widths, strides } => {
             let mut f = 0.0;
             let mut cin = c;
-            for (i, &cout) in widths.iter().enumerate() {
-                if i > 0 {
+            let strides = crate::model::cnn_strides(widths.len(), strides);
+            for (&cout, &s) in widths.iter().zip(&strides) {
+                if s == 2 {
                     (h, w) = (down(h), down(w));
                 }
                 f += conv(cin, cout, 3, h, w);

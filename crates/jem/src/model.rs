@@ -36,12 +36,16 @@ pub enum NormKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ModelConfig {
-    /// conv3x3 in->w0 (stride 1), then conv3x3 stride 2 for each further width, LeakyReLU,
-    /// global average pool, linear to the classes. The benchmark model is widths
-    /// `[32, 64, 128, 128]`.
+    /// conv3x3 layers with LeakyReLU, global average pool, linear to the classes. By default
+    /// the first convolution has stride 1 and each further one stride 2; `strides` sets each
+    /// layer's (1 keeps the size, e.g. `[1, 1, 2, 1, 2, 1]` for a deeper net). The benchmark
+    /// model is widths `[32, 64, 128, 128]`.
     Cnn {
         /// Channel widths of the convolutions.
         widths: Vec<usize>,
+        /// Stride of each convolution, 1 or 2 (empty: 1, then 2 for every further layer).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        strides: Vec<usize>,
     },
     /// Wide-ResNet WRN-depth-widen (Zagoruyko & Komodakis), pre-activation blocks.
     Wrn {
@@ -95,21 +99,48 @@ impl ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig::Cnn {
-            widths: vec![32, 64, 128, 128],
-        }
+        ModelConfig::cnn(vec![32, 64, 128, 128])
+    }
+}
+
+/// The stride of each of `n` CNN layers: `strides` when given, else 1 then 2.
+pub fn cnn_strides(n: usize, strides: &[usize]) -> Vec<usize> {
+    if strides.is_empty() {
+        (0..n).map(|i| if i == 0 { 1 } else { 2 }).collect()
+    } else {
+        strides.to_vec()
     }
 }
 
 impl ModelConfig {
+    /// The CNN with these widths and the default strides.
+    pub fn cnn(widths: Vec<usize>) -> Self {
+        ModelConfig::Cnn {
+            widths,
+            strides: Vec::new(),
+        }
+    }
+
     /// Check the sizes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
-            ModelConfig::Cnn { widths } => {
+            ModelConfig::Cnn { widths, strides } => {
                 if widths.is_empty() || widths.contains(&0) {
                     return Err(ConfigError::field(
                         "model.widths",
                         format!("{widths:?}: needs at least one width, all positive"),
+                    ));
+                }
+                if !strides.is_empty()
+                    && (strides.len() != widths.len()
+                        || strides.iter().any(|s| !(1..=2).contains(s)))
+                {
+                    return Err(ConfigError::field(
+                        "model.strides",
+                        format!(
+                            "{strides:?}: one stride per width ({} widths), each 1 or 2",
+                            widths.len()
+                        ),
                     ));
                 }
             }
@@ -170,9 +201,13 @@ impl ModelConfig {
         device: &Device,
     ) -> Classifier {
         let model = match self {
-            ModelConfig::Cnn { widths } => {
-                Classifier::Cnn(Cnn::new(in_channels, widths, num_classes, device))
-            }
+            ModelConfig::Cnn { widths, strides } => Classifier::Cnn(Cnn::new(
+                in_channels,
+                widths,
+                &cnn_strides(widths.len(), strides),
+                num_classes,
+                device,
+            )),
             ModelConfig::Wrn {
                 depth,
                 widen,
@@ -230,11 +265,17 @@ pub struct Cnn {
 }
 
 impl Cnn {
-    fn new(in_channels: usize, widths: &[usize], num_classes: usize, device: &Device) -> Self {
+    fn new(
+        in_channels: usize,
+        widths: &[usize],
+        strides: &[usize],
+        num_classes: usize,
+        device: &Device,
+    ) -> Self {
         let mut convs = Vec::with_capacity(widths.len());
         let mut cin = in_channels;
-        for (i, &w) in widths.iter().enumerate() {
-            convs.push(conv3(cin, w, if i == 0 { 1 } else { 2 }, device));
+        for (&w, &s) in widths.iter().zip(strides) {
+            convs.push(conv3(cin, w, s, device));
             cin = w;
         }
         Cnn {

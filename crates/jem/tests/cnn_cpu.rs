@@ -25,7 +25,11 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn check(widths: Vec<usize>, shape: [usize; 3], b: usize, seed: u64) {
-    let model = init(&ModelConfig::Cnn { widths }, shape[0], 10, seed);
+    check_model(&ModelConfig::cnn(widths), shape, b, seed);
+}
+
+fn check_model(cfg: &ModelConfig, shape: [usize; 3], b: usize, seed: u64) {
+    let model = init(cfg, shape[0], 10, seed);
     assert!(available(&model));
     let n: usize = shape.iter().product();
     let mut x = vec![0.0f32; b * n];
@@ -77,6 +81,12 @@ fn the_kernel_gradient_equals_autodiff_for_the_benchmark_cnn() {
 fn the_kernel_gradient_equals_autodiff_for_other_shapes_and_widths() {
     check(vec![8, 16, 24], [3, 32, 32], 5, 2);
     check(vec![4], [1, 9, 7], 3, 3);
+    // Stride-1 layers after the first (a deeper net at the same resolution).
+    let deeper = ModelConfig::Cnn {
+        widths: vec![8, 8, 16, 16],
+        strides: vec![1, 1, 2, 1],
+    };
+    check_model(&deeper, [1, 28, 28], 4, 4);
 }
 
 #[test]
@@ -133,8 +143,16 @@ fn autodiff_weight_grads(
 
 #[test]
 fn the_kernel_weight_gradients_equal_autodiff() {
+    weight_grads_match(&ModelConfig::default());
+    weight_grads_match(&ModelConfig::Cnn {
+        widths: vec![8, 8, 16, 16],
+        strides: vec![1, 1, 2, 1],
+    });
+}
+
+fn weight_grads_match(cfg: &ModelConfig) {
     let d = Device::flex().autodiff();
-    let model = init(&ModelConfig::default(), 1, 10, 8);
+    let model = init(cfg, 1, 10, 8);
     let b = 12;
     let mut x = vec![0.0f32; b * 784];
     Rng::new(9, 0).fill_uniform(&mut x, -1.0, 1.0);
@@ -340,7 +358,7 @@ fn the_bf16_kernels_are_close_to_autodiff() {
         (vec![8, 15, 40], [3, 16, 12], 5, 12),
         (vec![6], [2, 9, 7], 3, 13),
     ] {
-        let model = init(&ModelConfig::Cnn { widths }, shape[0], 10, seed);
+        let model = init(&ModelConfig::cnn(widths), shape[0], 10, seed);
         let n: usize = shape.iter().product();
         let mut x = vec![0.0f32; b * n];
         Rng::new(seed, 1).fill_uniform(&mut x, -1.0, 1.0);

@@ -60,7 +60,7 @@ fn check_input_grad(
     value_of: impl Fn(Tensor<2>, &Device) -> Tensor<1>,
 ) {
     let d = device();
-    let model = ModelConfig::Cnn { widths: vec![6, 8] }.init_seeded(1, 10, &d, 3);
+    let model = ModelConfig::cnn(vec![6, 8]).init_seeded(1, 10, &d, 3);
     let inner = d.clone().inner();
     let mut rng = Rng::new(11, 0);
     let mut x = vec![0.0f32; 2 * 28 * 28];

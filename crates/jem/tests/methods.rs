@@ -28,7 +28,7 @@ fn ad() -> Device {
 
 fn small_model(seed: u64) -> Classifier {
     let d = ad();
-    ModelConfig::Cnn { widths: vec![4, 8] }.init_seeded(1, 10, &d, seed)
+    ModelConfig::cnn(vec![4, 8]).init_seeded(1, 10, &d, seed)
 }
 
 fn tensor(v: Vec<f32>, dims: [usize; 4], d: &Device) -> Tensor<4> {
@@ -410,9 +410,7 @@ fn an_igebm_learns_an_energy_that_prefers_data_to_noise() {
     let dir = runs.path().join("igebm");
     let mut c = tiny(data.path());
     c.loss.objective = Objective::Igebm;
-    c.model = ModelConfig::Cnn {
-        widths: vec![8, 16],
-    };
+    c.model = ModelConfig::cnn(vec![8, 16]);
     c.schedule.batch_size = 32;
     c.schedule.max_steps = Some(80);
     c.sgld.steps = 10;

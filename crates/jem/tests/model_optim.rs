@@ -92,7 +92,7 @@ fn optimisers_match_their_update_rules() {
             weight_decay: 0.01,
             ..OptimConfig::default()
         };
-        let mut model = ModelConfig::Cnn { widths: vec![2] }.init(1, 2, &d);
+        let mut model = ModelConfig::cnn(vec![2]).init(1, 2, &d);
         let mut opt = Optimizer::new(&cfg);
         // Track the head bias, whose gradient is exactly the mean over the batch of
         // softmax - onehot; compare against the rule applied by hand to those gradients.
@@ -208,7 +208,7 @@ fn sam_moves_the_weights_by_rho_along_the_gradient() {
     use burn::module::{ModuleVisitor, Param};
     use burn::optim::GradientsParams;
     let d = Device::flex().autodiff();
-    let model = ModelConfig::Cnn { widths: vec![4, 6] }.init_seeded(1, 10, &d, 3);
+    let model = ModelConfig::cnn(vec![4, 6]).init_seeded(1, 10, &d, 3);
     struct Flat(Vec<(burn::module::ParamId, Vec<f32>)>);
     impl ModuleVisitor for Flat {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {

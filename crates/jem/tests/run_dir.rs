@@ -245,8 +245,26 @@ fn config_validation_names_the_field() {
             "model.depth",
         ),
         (
-            Box::new(|c| c.model = ModelConfig::Cnn { widths: vec![] }),
+            Box::new(|c| c.model = ModelConfig::cnn(vec![])),
             "model.widths",
+        ),
+        (
+            Box::new(|c| {
+                c.model = ModelConfig::Cnn {
+                    widths: vec![8, 16],
+                    strides: vec![1, 3],
+                }
+            }),
+            "model.strides",
+        ),
+        (
+            Box::new(|c| {
+                c.model = ModelConfig::Cnn {
+                    widths: vec![8, 16],
+                    strides: vec![1],
+                }
+            }),
+            "model.strides",
         ),
         (Box::new(|c| c.loss.px_weight = -1.0), "loss.px_weight"),
         (

@@ -26,9 +26,7 @@ pub fn trained_softmax(data: &Dataset) -> (Classifier, f64) {
     let d = Device::flex().autodiff();
     let mut cfg = TrainConfig::default();
     cfg.loss.objective = Objective::Softmax;
-    cfg.model = ModelConfig::Cnn {
-        widths: vec![8, 16],
-    };
+    cfg.model = ModelConfig::cnn(vec![8, 16]);
     cfg.optim.warmup_steps = 0;
     let mut model = cfg.model.init_seeded(1, 10, &d, 0);
     let mut opt = Optimizer::new(&cfg.optim);
@@ -67,7 +65,7 @@ pub fn tiny_config(data: &std::path::Path, seed: u64) -> TrainConfig {
     c.data.dataset = DatasetKind::FashionMnist;
     c.data.dir = Some(data.to_path_buf());
     c.data.n_valid = 32;
-    c.model = ModelConfig::Cnn { widths: vec![6, 8] };
+    c.model = ModelConfig::cnn(vec![6, 8]);
     c.schedule.batch_size = 16;
     c.schedule.epochs = 3;
     c.schedule.log_every = 1;
