@@ -21,13 +21,7 @@ pub const CRITERION: &str =
 /// then mean). Scores appear in the order of their first row; a score with no finite AUROC
 /// is left out.
 pub fn summarise(report: &OodReport) -> Vec<ScoreSummary> {
-    let mut names: Vec<&str> = Vec::new();
-    for r in &report.rows {
-        if !names.contains(&r.score.as_str()) {
-            names.push(&r.score);
-        }
-    }
-    let mut out: Vec<ScoreSummary> = names
+    let mut out: Vec<ScoreSummary> = first_seen(report.rows.iter().map(|r| r.score.as_str()))
         .into_iter()
         .filter_map(|name| {
             let rows: Vec<_> = report
@@ -53,15 +47,24 @@ pub fn summarise(report: &OodReport) -> Vec<ScoreSummary> {
     out
 }
 
+/// The distinct `items`, in the order first seen.
+fn first_seen<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
+}
+
 /// The best score of a validation `report` by [`CRITERION`]; `None` when it has no rows.
 pub fn choose(report: &OodReport) -> Option<Selection> {
     let candidates = summarise(report);
-    let mut sets: Vec<String> = Vec::new();
-    for r in &report.rows {
-        if !sets.contains(&r.set) {
-            sets.push(r.set.clone());
-        }
-    }
+    let sets = first_seen(report.rows.iter().map(|r| r.set.as_str()))
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     Some(Selection {
         score: candidates.first()?.score.clone(),
         criterion: CRITERION.to_string(),

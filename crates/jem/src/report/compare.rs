@@ -149,6 +149,11 @@ pub fn row(dir: &Path) -> Result<Row> {
     })
 }
 
+/// Rows for every run, in order.
+pub fn compare(dirs: &[PathBuf]) -> Result<Vec<Row>> {
+    dirs.iter().map(|d| row(d)).collect()
+}
+
 impl Row {
     /// Keep only the chosen score's AUROCs, under the score name `chosen` (so that runs
     /// which chose different scores share columns); a row without a choice keeps none.
@@ -159,14 +164,7 @@ impl Row {
             t.0 = "chosen".into();
         }
     }
-}
 
-/// Rows for every run, in order.
-pub fn compare(dirs: &[PathBuf]) -> Result<Vec<Row>> {
-    dirs.iter().map(|d| row(d)).collect()
-}
-
-impl Row {
     /// Every figure of the row by name, in a fixed order (missing ones left out):
     /// accuracy, ECE, each AUROC, each robust accuracy, sample accuracy, FID, recoveries,
     /// ms/step.
@@ -193,9 +191,9 @@ impl Row {
     }
 }
 
-/// The rows side by side: a header (`""`, then each run's name and method) and one line per
-/// figure that any run has (a dash where a run lacks it).
-pub fn side_by_side(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
+/// Every figure that any of `rows` has ([`Row::figures`]), in the order first seen, with
+/// each row's value (`None` where a row lacks it).
+pub fn by_figure(rows: &[Row]) -> Vec<(String, Vec<Option<f64>>)> {
     let per_row: Vec<Vec<(String, f64)>> = rows.iter().map(Row::figures).collect();
     let mut names: Vec<&str> = Vec::new();
     for (n, _) in per_row.iter().flatten() {
@@ -203,6 +201,21 @@ pub fn side_by_side(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
             names.push(n);
         }
     }
+    names
+        .into_iter()
+        .map(|n| {
+            let vals = per_row
+                .iter()
+                .map(|f| f.iter().find(|(m, _)| m == n).map(|t| t.1))
+                .collect();
+            (n.to_string(), vals)
+        })
+        .collect()
+}
+
+/// The rows side by side: a header (`""`, then each run's name and method) and one line per
+/// figure that any run has (a dash where a run lacks it).
+pub fn side_by_side(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
     let head = std::iter::once(String::new())
         .chain(rows.iter().map(|r| {
             let name = r.run.file_name().map_or_else(
@@ -226,21 +239,16 @@ pub fn side_by_side(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
                 .collect(),
         );
     }
-    for n in names {
-        let digits = match n {
+    for (n, vals) in by_figure(rows) {
+        let digits = match n.as_str() {
             "recoveries" => 0,
             "ms/step" | "FID" => 1,
             _ => 4,
         };
         line(
-            n,
-            per_row
-                .iter()
-                .map(|f| {
-                    f.iter()
-                        .find(|(m, _)| m == n)
-                        .map_or("-".into(), |t| format!("{:.digits$}", t.1))
-                })
+            &n,
+            vals.iter()
+                .map(|v| v.map_or("-".into(), |v| format!("{v:.digits$}")))
                 .collect(),
         );
     }

@@ -81,6 +81,18 @@ fn num(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64)
 }
 
+/// The string under `key` (empty when missing).
+fn text(v: &Value, key: &str) -> String {
+    v.get(key).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+/// The array under `key` (empty when missing or not an array).
+fn array<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
 /// A number for a table: integers as integers, others with 4 decimals, missing as a dash.
 fn f4(v: Option<f64>) -> String {
     match v {
@@ -207,22 +219,12 @@ fn eval_calibration(o: &mut String, id: &str, v: &Value) {
 
 /// The AUROC table and score histograms of an OOD evaluation.
 fn eval_ood(o: &mut String, id: &str, v: &Value) {
-    let rows: Vec<Vec<String>> = v
-        .get("rows")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = array(v, "rows")
         .iter()
         .map(|r| {
             vec![
-                r.get("score")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                r.get("set")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
+                text(r, "score"),
+                text(r, "set"),
                 f4(num(r, "auroc")),
                 f4(num(r, "aupr_in")),
                 f4(num(r, "aupr_out")),
@@ -237,13 +239,8 @@ fn eval_ood(o: &mut String, id: &str, v: &Value) {
     );
     ood_selection(o, id, v);
     *o += r#"<div class="figs">"#;
-    for h in v
-        .get("histograms")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-    {
-        *o += &figures::ood_histogram(&h);
+    for h in array(v, "histograms") {
+        *o += &figures::ood_histogram(h);
     }
     *o += "</div>";
 }
@@ -253,28 +250,20 @@ fn ood_selection(o: &mut String, id: &str, v: &Value) {
     let Some(sel) = v.get("selected") else {
         return;
     };
-    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let _ = write!(
         o,
         "<p>The detector: <b>{}</b>, chosen by the {} against {}.</p>",
         escape(&text(sel, "score")),
         escape(&text(sel, "criterion")),
         escape(
-            &sel.get("sets")
-                .and_then(Value::as_array)
-                .map(|a| a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default()
+            &array(sel, "sets")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     );
-    let rows: Vec<Vec<String>> = sel
-        .get("candidates")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = array(sel, "candidates")
         .iter()
         .map(|c| {
             vec![
@@ -299,11 +288,7 @@ fn ood_selection(o: &mut String, id: &str, v: &Value) {
 
 /// The robust-accuracy table and curve of an attack evaluation.
 fn eval_attack(o: &mut String, id: &str, v: &Value) {
-    let res = v
-        .get("results")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let res = array(v, "results");
     let rows: Vec<Vec<String>> = res
         .iter()
         .map(|e| {
@@ -479,17 +464,8 @@ fn summary(runs: &[RunData]) -> String {
     let mut scores: Vec<String> = Vec::new();
     for r in runs {
         if let Some(v) = find(r, "ood-test") {
-            for row in v
-                .get("rows")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-            {
-                let s = row
-                    .get("score")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
+            for row in array(&v, "rows") {
+                let s = text(row, "score");
                 if !scores.contains(&s) {
                     scores.push(s);
                 }
@@ -500,10 +476,8 @@ fn summary(runs: &[RunData]) -> String {
         rows.push(
             std::iter::once(format!("mean OOD AUROC ({s})"))
                 .chain(runs.iter().map(|r| {
-                    let v = find(r, "ood-test");
-                    let a: Vec<f64> = v
-                        .and_then(|v| v.get("rows").and_then(Value::as_array).cloned())
-                        .unwrap_or_default()
+                    let v = find(r, "ood-test").unwrap_or_default();
+                    let a: Vec<f64> = array(&v, "rows")
                         .iter()
                         .filter(|x| x.get("score").and_then(Value::as_str) == Some(s))
                         .filter_map(|x| num(x, "auroc"))
@@ -533,11 +507,10 @@ body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collaps
     );
     o += &summary(&runs);
     let dirs: Vec<&Path> = std::iter::once(run).chain(baseline).collect();
-    let rows: Vec<compare::Row> = dirs
+    let mut rows: Vec<compare::Row> = dirs
         .iter()
         .map(|d| compare::row(d))
         .collect::<Result<_>>()?;
-    let mut rows = rows;
     rows.iter_mut().for_each(compare::Row::only_chosen);
     if rows.iter().any(|r| r.chosen_score.is_some()) {
         let (head, lines) = compare::side_by_side(&rows);

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::TrainConfig;
-use crate::report::compare::{Row, row};
+use crate::report::compare::{Row, by_figure, row};
 use crate::{Error, Result};
 
 /// One figure over the seeds.
@@ -125,22 +125,9 @@ pub fn summarise(dirs: &[PathBuf], keep: impl Fn(&mut Row)) -> Result<SeedSummar
         keep(&mut r);
         rows.push(r);
     }
-    let mut names: Vec<String> = Vec::new();
-    let per_row: Vec<Vec<(String, f64)>> = rows.iter().map(Row::figures).collect();
-    for (n, _) in per_row.iter().flatten() {
-        if !names.contains(n) {
-            names.push(n.clone());
-        }
-    }
-    let figures = names
+    let figures = by_figure(&rows)
         .into_iter()
-        .map(|n| {
-            let vals = per_row
-                .iter()
-                .filter_map(|f| f.iter().find(|(m, _)| *m == n).map(|t| t.1))
-                .collect();
-            Figure::of(n, vals)
-        })
+        .map(|(n, vals)| Figure::of(n, vals.into_iter().flatten().collect()))
         .collect();
     Ok(SeedSummary {
         method: rows[0].method.clone(),
