@@ -79,6 +79,8 @@ for run in "$jem_run" "$soft_run"; do
   # One detector per run: the score with the best worst-target-set AUROC on the validation split.
   "$jem" eval ood --run "$run" --ood "$ood" --scores logp,py,pxgrad --select \
     --select-on "$targets" "${eval_limit[@]}"
+  # The OOD threshold of that score for `jem predict` / `jem serve` (95% of validation accepted).
+  "$jem" threshold --run "$run"
   # PGD L-inf at eps 8/255 (and 0 as the clean check).
   "$jem" eval attack --run "$run" --norm linf --eps 0,0.0313725 "${attack_flags[@]}"
 done
@@ -92,4 +94,5 @@ done
 "$jem" report --run "$jem_run" --baseline "$soft_run" --out "$jem_run/report.html"
 echo "== JEM against softmax (same model, budget and augmentation)"
 "$jem" compare "$jem_run" "$soft_run" --chosen
+echo "use it: $jem predict --run $jem_run IMAGE.png  |  $jem serve --run $jem_run  (README: Use a trained model)"
 echo "report: $jem_run/report.html; total time $(($(date +%s) - t0)) s"

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 mod bench_cmd;
 mod eval_cmd;
+mod predict_cmd;
 mod sample_cmd;
+mod serve_cmd;
 mod train_cmd;
 
 use anyhow::{Context, Result, bail};
@@ -13,7 +15,9 @@ use jem::config::TrainConfig;
 
 use bench_cmd::{BenchArgs, bench};
 use eval_cmd::{EvalCommand, eval_accuracy, eval_attack, eval_calibration, eval_ood};
+use predict_cmd::{ExportArgs, PredictArgs, ThresholdArgs, export, predict, threshold};
 use sample_cmd::{SampleArgs, eval_samples, sample};
+use serve_cmd::{ServeArgs, serve};
 use train_cmd::{TrainArgs, train};
 
 #[global_allocator]
@@ -53,6 +57,14 @@ enum Command {
     /// One table row per run: method, accuracy, ECE, OOD AUROC, ms per step, recoveries
     /// (from the runs' saved evaluations; run `jem eval ...` first).
     Compare(CompareArgs),
+    /// Set a run's OOD threshold on its validation split (`RUN/ood-threshold.json`).
+    Threshold(ThresholdArgs),
+    /// Classify image files (PNG, IDX, .npy) and flag out-of-distribution ones.
+    Predict(PredictArgs),
+    /// Serve a run over HTTP: POST /v1/predict, GET /v1/model, GET /healthz.
+    Serve(ServeArgs),
+    /// Export a run's classifier (ONNX) for other runtimes.
+    Export(ExportArgs),
     /// Print the default configuration as TOML (a starting point for --config).
     Config,
 }
@@ -118,6 +130,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(EvalCommand::Attack(a)) => eval_attack(a, &device),
         Command::Eval(EvalCommand::Samples(a)) => eval_samples(a, &device),
         Command::Sample(a) => sample(a, &device),
+        Command::Threshold(a) => threshold(a, &device),
+        Command::Predict(a) => predict(a, &device),
+        Command::Serve(a) => serve(a, &device),
+        Command::Export(a) => export(a, &device),
         Command::Bench(a) => bench(a, &device, threads),
         Command::Report(a) => {
             let html = jem::report::render_report(&a.run, a.baseline.as_deref())?;

@@ -1,23 +1,11 @@
 //! The `jem` binary end to end on a small synthetic data set in the Fashion-MNIST layout.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn jem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_jem"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("the jem binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{jem, text, train_tiny};
 
 /// The DOM of `html` after headless Chromium (Debian package `chromium`) has loaded it.
 fn chromium_dom(html: &Path) -> String {
@@ -50,35 +38,6 @@ fn chromium_dom(html: &Path) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn train_tiny(data: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "--threads",
-        "2",
-        "train",
-        "--dataset",
-        "fashion-mnist",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--batch-size",
-        "16",
-        "--n-valid",
-        "32",
-        "--buffer-size",
-        "100",
-        "--sgld-steps",
-        "3",
-        "--lr",
-        "1e-3",
-        "--warmup-steps",
-        "2",
-        "--quiet",
-    ];
-    args.extend_from_slice(extra);
-    jem(&args)
 }
 
 #[test]

@@ -155,6 +155,30 @@ fn host_target(labels: &Option<Vec<usize>>) -> HostTarget<'_> {
     }
 }
 
+/// The device jem computes on by default: the first GPU backend compiled in (`cuda`, then
+/// `vulkan`/`wgpu`), else the CPU `flex` backend. The `JEM_DEVICE` environment variable
+/// (`cpu`, `cuda`, `vulkan`, `wgpu`) picks one explicitly.
+pub fn default_device() -> Device {
+    let wanted = std::env::var("JEM_DEVICE").unwrap_or_default();
+    match wanted.as_str() {
+        #[cfg(feature = "cuda")]
+        "cuda" | "" => return Device::cuda(0),
+        #[cfg(feature = "vulkan")]
+        "vulkan" | "" => return Device::vulkan(Default::default()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" | "" => return Device::wgpu(Default::default()),
+        _ => {}
+    }
+    #[cfg(feature = "flex")]
+    {
+        Device::flex()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        Device::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,6 +217,9 @@ pub enum Error {
         /// The first differing config field, dotted (e.g. `optim.lr`).
         field: String,
     },
+    /// A model that cannot be written in an export format.
+    #[error("export: {0}")]
+    Export(String),
     /// Inputs of the wrong shape for a model or an evaluation.
     #[error("shape mismatch: {0}")]
     Shape(String),

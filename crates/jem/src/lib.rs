@@ -64,6 +64,9 @@ pub mod config;
 pub mod step;
 
 pub mod eval;
+#[cfg(feature = "onnx")]
+pub mod export;
+pub mod predict;
 pub mod train;
 
 pub mod bench;
@@ -72,29 +75,5 @@ pub mod report;
 
 pub use burn::prelude::{Device, Tensor};
 
-pub use engine::Engine;
+pub use engine::{Engine, default_device};
 pub use error::{Error, Result};
-
-/// The device jem computes on by default: the first GPU backend compiled in (`cuda`, then
-/// `vulkan`/`wgpu`), else the CPU `flex` backend. The `JEM_DEVICE` environment variable
-/// (`cpu`, `cuda`, `vulkan`, `wgpu`) picks one explicitly.
-pub fn default_device() -> Device {
-    let wanted = std::env::var("JEM_DEVICE").unwrap_or_default();
-    match wanted.as_str() {
-        #[cfg(feature = "cuda")]
-        "cuda" | "" => return Device::cuda(0),
-        #[cfg(feature = "vulkan")]
-        "vulkan" | "" => return Device::vulkan(Default::default()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" | "" => return Device::wgpu(Default::default()),
-        _ => {}
-    }
-    #[cfg(feature = "flex")]
-    {
-        Device::flex()
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        Device::default()
-    }
-}

@@ -338,12 +338,12 @@ impl NormLayer {
 /// A pre-activation wide residual block.
 #[derive(Module, Debug)]
 pub struct WideBlock {
-    norm1: Option<NormLayer>,
-    conv1: Conv2d,
-    norm2: Option<NormLayer>,
+    pub(crate) norm1: Option<NormLayer>,
+    pub(crate) conv1: Conv2d,
+    pub(crate) norm2: Option<NormLayer>,
     dropout: Dropout,
-    conv2: Conv2d,
-    shortcut: Option<Conv2d>,
+    pub(crate) conv2: Conv2d,
+    pub(crate) shortcut: Option<Conv2d>,
 }
 
 impl WideBlock {
@@ -387,10 +387,10 @@ impl WideBlock {
 /// Wide-ResNet for 28x28 and 32x32 inputs (any size works: the head pools globally).
 #[derive(Module, Debug)]
 pub struct Wrn {
-    stem: Conv2d,
-    blocks: Vec<WideBlock>,
-    norm: Option<NormLayer>,
-    head: Linear,
+    pub(crate) stem: Conv2d,
+    pub(crate) blocks: Vec<WideBlock>,
+    pub(crate) norm: Option<NormLayer>,
+    pub(crate) head: Linear,
 }
 
 impl Wrn {

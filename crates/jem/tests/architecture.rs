@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["step"],
     &["eval"],
-    &["train"],
+    &["train", "predict", "export"],
     &["bench", "report"],
 ];
 
@@ -26,6 +26,7 @@ const ROOT_REEXPORTS: &[(&str, &str)] = &[
     ("Error", "error"),
     ("Result", "error"),
     ("Engine", "engine"),
+    ("default_device", "engine"),
 ];
 
 fn layer(module: &str) -> Option<usize> {
@@ -314,4 +315,25 @@ fn functions_are_measured_in_lines() {
     );
     let found: Vec<(String, usize, usize)> = functions(&code);
     assert_eq!(found, [("a".to_string(), 1, 4), ("c".to_string(), 6, 3)]);
+}
+
+#[test]
+fn prediction_does_not_reach_the_training_loop_or_step() {
+    let graph = module_graph();
+    let mut seen = BTreeSet::new();
+    let mut todo = vec!["predict".to_string()];
+    while let Some(m) = todo.pop() {
+        for d in graph.get(&m).into_iter().flatten() {
+            if seen.insert(d.clone()) {
+                todo.push(d.clone());
+            }
+        }
+    }
+    assert!(seen.contains("eval"), "predict reaches {seen:?}");
+    for training in ["train", "step", "bench", "report"] {
+        assert!(
+            !seen.contains(training),
+            "predict reaches `{training}` (through {seen:?}): inference must not pull in training code"
+        );
+    }
 }

@@ -8,7 +8,9 @@
 mod batch;
 mod cifar;
 mod idx;
+pub mod inputs;
 mod mnist_json;
+mod names;
 pub mod synthetic;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ pub use crate::error::DataError;
 pub use batch::{Augment, Batch, BatchSampler};
 pub use cifar::{CifarVariant, read_cifar_file};
 pub use idx::{read_idx, read_idx_images, read_idx_labels, write_idx};
+pub use inputs::{Images, read_images};
 pub use mnist_json::read_mnist_json_dir;
 
 /// Largest decompressed file the readers accept (1 GiB), a guard against gzip bombs.

@@ -11,3 +11,4 @@ pub mod ood_select;
 pub mod run;
 pub mod samples;
 pub mod store;
+pub mod threshold;

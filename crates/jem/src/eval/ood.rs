@@ -40,6 +40,39 @@ impl Score {
             Score::EnergyT(t) => format!("energy-t{t}"),
         }
     }
+
+    /// The score of one image from its logits; `None` for [`Score::Pxgrad`], which needs the
+    /// input gradient.
+    pub fn of_logits(self, logits: &[f32]) -> Option<f32> {
+        match self {
+            Score::Logp => Some(cnn_cpu::softmax(logits).0),
+            Score::Py => Some(
+                cnn_cpu::softmax(logits)
+                    .1
+                    .into_iter()
+                    .fold(f32::NEG_INFINITY, f32::max),
+            ),
+            Score::EnergyT(t) => {
+                let scaled: Vec<f32> = logits.iter().map(|l| l / t).collect();
+                Some(cnn_cpu::softmax(&scaled).0 * t)
+            }
+            Score::Pxgrad => None,
+        }
+    }
+
+    /// The score [`Score::name`] gives `name` (`logp`, `py`, `pxgrad`, `energy-t<T>`).
+    pub fn from_name(name: &str) -> Option<Score> {
+        match name {
+            "logp" => Some(Score::Logp),
+            "py" => Some(Score::Py),
+            "pxgrad" => Some(Score::Pxgrad),
+            _ => name
+                .strip_prefix("energy-t")
+                .and_then(|t| t.parse::<f32>().ok())
+                .filter(|t| t.is_finite() && *t > 0.0)
+                .map(Score::EnergyT),
+        }
+    }
 }
 
 /// An out-of-distribution set.
@@ -335,12 +368,10 @@ fn score_images_cpu_kernel(
                 let v = match s {
                     Score::Logp => *lse,
                     Score::Py => p.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
-                    Score::EnergyT(t) => {
-                        let scaled: Vec<f32> =
-                            logits[i * k..(i + 1) * k].iter().map(|l| l / t).collect();
-                        cnn_cpu::softmax(&scaled).0 * t
-                    }
                     Score::Pxgrad => -grad_norms.as_ref().expect("computed above")[i],
+                    s => s
+                        .of_logits(&logits[i * k..(i + 1) * k])
+                        .expect("not pxgrad"),
                 };
                 col.push(v as f64);
             }
