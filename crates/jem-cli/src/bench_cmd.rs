@@ -75,6 +75,12 @@ pub(crate) fn bench(a: BenchArgs, device: &jem::Device, threads: usize) -> Resul
             r.iteration_ms,
             r.gflops
         );
+        println!(
+            "inference forward pass: {:.2} ms per batch of {} ({:.0} images/s)",
+            r.forward_ms,
+            r.batch,
+            r.batch as f64 / r.forward_ms * 1e3
+        );
         if let (Some(s), Some(i)) = (r.sgld_step_bf16_ms, r.iteration_bf16_ms) {
             println!(
                 "bf16 chains: SGLD step {s:.2} ms ({:.2}x f32), iteration {i:.1} ms ({:.2}x f32)",

@@ -272,7 +272,7 @@ fn every_endpoint_answers_and_every_bad_input_is_a_clear_4xx() {
 fn under_load_every_answer_equals_jem_predict_and_a_full_queue_is_503() {
     let f = fixture();
     let s = start(&f.run, &[]);
-    let (clients, per_client) = (32, 60);
+    let (clients, per_client) = (32, 100);
     let t0 = Instant::now();
     let latencies: Vec<Duration> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..clients)

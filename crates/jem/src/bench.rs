@@ -110,6 +110,10 @@ pub struct BenchReport {
     pub sgld_step_autodiff_ms: f64,
     /// Median ms of one training iteration.
     pub iteration_ms: f64,
+    /// Median ms of one inference forward pass (logits of the batch), as `jem predict` and
+    /// `jem serve` run it.
+    #[serde(default)]
+    pub forward_ms: f64,
     /// GFLOP/s of the iteration.
     pub gflops: f64,
     /// GFLOP/s of the SGLD step.
@@ -213,6 +217,28 @@ fn time_iterations(
     median(times)
 }
 
+/// Milliseconds of one inference forward pass of `x` (`b` images of `shape`, median of
+/// `reps` after 2 untimed): the CPU kernel where it serves the model, else burn's forward.
+fn time_forward(engine: Engine, model: &Classifier, x: &Tensor<4>, reps: usize) -> f64 {
+    let [b, c, h, w] = x.dims();
+    let host: Vec<f32> = x.clone().into_data().try_to_vec().expect("f32 images");
+    let mut kernel = engine.kernel(model, Precision::F32);
+    let plain = model.valid();
+    let mut times = Vec::new();
+    for i in 0..reps + 2 {
+        let t = Instant::now();
+        let logits: Vec<f32> = match &mut kernel {
+            Some(k) => k.forward(&host, b, [c, h, w]),
+            None => plain.forward(x.clone()).into_data().try_to_vec().expect("f32"),
+        };
+        std::hint::black_box(logits);
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    median(times)
+}
+
 /// Time `spec.sgld_reps` SGLD chains (per step) and `spec.iter_reps` JEM iterations (paper settings:
 /// 20 SGLD steps, a 10,000-chain buffer, Adam) after warm-up, on `device`.
 pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
@@ -234,6 +260,7 @@ pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
     let chain = cfg.sgld.clone();
     let sgld_ms = time_chains(engine, &model, &x, &chain, spec.sgld_reps, &mut rng);
     let sgld_autodiff_ms = time_autodiff_step(&model, &x, spec.sgld_reps);
+    let forward_ms = time_forward(engine, &model, &x, spec.sgld_reps);
     let bf16 = engine.check_chains(Precision::Bf16).is_ok();
     let sgld_bf16_ms = bf16.then(|| {
         let params = SgldConfig {
@@ -266,6 +293,7 @@ pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
         sgld_step_ms: sgld_ms,
         sgld_step_autodiff_ms: sgld_autodiff_ms,
         iteration_ms: iter_ms,
+        forward_ms,
         gflops: iteration_gflop / iter_ms * 1e3,
         sgld_gflops: sgld_gflop / sgld_ms * 1e3,
         threads,
