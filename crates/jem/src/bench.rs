@@ -229,7 +229,11 @@ fn time_forward(engine: Engine, model: &Classifier, x: &Tensor<4>, reps: usize) 
         let t = Instant::now();
         let logits: Vec<f32> = match &mut kernel {
             Some(k) => k.forward(&host, b, [c, h, w]),
-            None => plain.forward(x.clone()).into_data().try_to_vec().expect("f32"),
+            None => plain
+                .forward(x.clone())
+                .into_data()
+                .try_to_vec()
+                .expect("f32"),
         };
         std::hint::black_box(logits);
         if i >= 2 {
