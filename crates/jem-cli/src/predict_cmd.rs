@@ -118,7 +118,14 @@ pub(crate) fn predict(a: PredictArgs, device: &jem::Device) -> Result<()> {
     let shape = predictor.shape();
     let mut files = Vec::new();
     for path in &a.inputs {
-        let images = read_images(path)?.fit(shape, a.resize, path)?;
+        let images = read_images(path)?
+            .fit(shape, a.resize, path)
+            .map_err(|e| match e {
+                jem::data::DataError::Shape { .. } => {
+                    anyhow::anyhow!("{e}; pass --resize to resize it to the run's size")
+                }
+                e => e.into(),
+            })?;
         files.push((path.clone(), images));
     }
     let total: usize = files.iter().map(|(_, i)| i.len()).sum();

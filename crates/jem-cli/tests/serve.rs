@@ -40,6 +40,27 @@ fn fixture() -> Fixture {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // Another image size is refused, naming the file and --resize, unless --resize is given.
+    let small = dir.path().join("small-idx3-ubyte");
+    jem::data::write_idx(&small, &[1, 10, 10], &[128u8; 100]).unwrap();
+    let s = small.to_str().unwrap();
+    let o = jem(&["predict", "--run", r, s]);
+    assert!(
+        !o.status.success() && text(&o).contains("--resize") && text(&o).contains(s),
+        "{}",
+        text(&o)
+    );
+    let o = jem(&["predict", "--run", r, "--resize", s]);
+    let line = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success() && line.lines().count() == 1,
+        "{}",
+        text(&o)
+    );
+    assert!(
+        line.trim_end().ends_with("\tin") || line.trim_end().ends_with("\tOUT"),
+        "{line}"
+    );
     let images = jem::data::read_images(&file).unwrap();
     let images = (0..images.len())
         .map(|i| images.image(i).to_vec())
