@@ -202,7 +202,7 @@ fn the_threshold_accepts_its_share_of_validation_images_and_the_predictor_applie
     );
     assert_eq!(
         (t.n_valid, t.fpr.len(), t.step),
-        (32, threshold::GENERATED.len(), 6)
+        (32, jem::eval::ood::OodSet::generated().count(), 6)
     );
     assert!(
         t.fpr

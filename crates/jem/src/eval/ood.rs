@@ -131,6 +131,14 @@ impl OodSet {
         OodSet::Shuffle,
         OodSet::Interp,
     ];
+
+    /// The sets drawn from the split being evaluated (every set but the other data sets), in
+    /// the order of [`OodSet::ALL`].
+    pub fn generated() -> impl Iterator<Item = OodSet> {
+        Self::ALL
+            .into_iter()
+            .filter(|s| !matches!(s, OodSet::Dataset(_)))
+    }
 }
 
 #[cfg(feature = "clap")]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
-use crate::data::Split;
+use crate::data::{Dataset, Split};
 use crate::error::{CheckpointError, ConfigError};
 use crate::eval::ood::{OodSet, OodSpec, Score, SetHalf, evaluate_ood, ood_images, score_images};
 use crate::eval::ood_select::choose;
@@ -20,18 +20,6 @@ use crate::tensor_file::write_atomic;
 
 /// The threshold file's name in a run directory.
 pub const FILE: &str = "ood-threshold.json";
-
-/// The generated OOD sets a threshold's false-positive rates are measured on (and a default
-/// score chosen on, when the run has no saved choice): drawn from the validation split.
-pub const GENERATED: [OodSet; 7] = [
-    OodSet::Uniform,
-    OodSet::Gaussian,
-    OodSet::Constant,
-    OodSet::Vflip,
-    OodSet::Invert,
-    OodSet::Shuffle,
-    OodSet::Interp,
-];
 
 /// The sets a default score is chosen on when the run has no saved `jem eval ood --select`.
 const CHOOSE_ON: [OodSet; 5] = [
@@ -91,9 +79,6 @@ impl OodThreshold {
         };
         let t: OodThreshold = serde_json::from_str(&text)
             .map_err(|e| CheckpointError::corrupt(&path, format!("not a threshold file: {e}")))?;
-        if !t.threshold.is_finite() {
-            return Err(CheckpointError::corrupt(&path, "threshold is not a number").into());
-        }
         Ok(Some(t))
     }
 
@@ -126,8 +111,14 @@ pub fn accepted(scores: &[f64], threshold: f64) -> f64 {
 
 /// The score a threshold uses when none is asked for: the one `jem eval ood --select` chose
 /// on validation data (read from the run's saved evaluations), else the one [`choose`] picks
-/// now on the validation split against generated sets. Returns it with the reason.
-pub fn default_score(run: &Run, batch_size: usize, rng: &mut Rng) -> Result<(Score, String)> {
+/// now on `valid` (the run's validation split) against generated sets. Returns it with the
+/// reason.
+pub fn default_score(
+    run: &Run,
+    valid: &Dataset,
+    batch_size: usize,
+    rng: &mut Rng,
+) -> Result<(Score, String)> {
     for (name, v) in load_results(&run.dir)? {
         let Some(sel) = v.get("selected").and_then(|s| s.get("score")) else {
             continue;
@@ -145,7 +136,6 @@ pub fn default_score(run: &Run, batch_size: usize, rng: &mut Rng) -> Result<(Sco
             ),
         ));
     }
-    let valid = run.data(Split::Valid)?;
     let scores: Vec<Score> = Score::ALL
         .into_iter()
         .filter(|s| run.is_classifier() || *s != Score::Py)
@@ -157,7 +147,7 @@ pub fn default_score(run: &Run, batch_size: usize, rng: &mut Rng) -> Result<(Sco
         batch_size,
         half: SetHalf::All,
     };
-    let report = evaluate_ood(run.engine, &run.model, &valid, &spec, rng)?;
+    let report = evaluate_ood(run.engine, &run.model, valid, &spec, rng)?;
     let sel =
         choose(&report).ok_or_else(|| crate::Error::Shape("no OOD score to choose".into()))?;
     let score = Score::from_name(&sel.score).expect("a score this crate named");
@@ -174,7 +164,7 @@ pub fn default_score(run: &Run, batch_size: usize, rng: &mut Rng) -> Result<(Sco
 
 /// Set the threshold of `score` (default: [`default_score`]) on `run`'s validation split so
 /// that a fraction `tpr` in `(0, 1]` of it is accepted, and measure its false-positive rate
-/// on the [`GENERATED`] sets.
+/// on the generated sets ([`OodSet::generated`]).
 pub fn compute(
     run: &Run,
     score: Option<Score>,
@@ -188,11 +178,11 @@ pub fn compute(
     if score == Some(Score::Py) && !run.is_classifier() {
         run.classifier("the py score")?;
     }
+    let valid = run.data(Split::Valid)?;
     let (score, chosen_by) = match score {
         Some(s) => (s, "asked for (--score)".to_string()),
-        None => default_score(run, batch_size, rng)?,
+        None => default_score(run, &valid, batch_size, rng)?,
     };
-    let valid = run.data(Split::Valid)?;
     let shape = valid.shape;
     let on = |images: &[f32]| {
         score_images(run.engine, &run.model, images, shape, &[score], batch_size).remove(0)
@@ -201,7 +191,7 @@ pub fn compute(
     // JSON has no infinities: "accept everything" is the lowest finite value.
     let threshold = threshold_at_tpr(&inside, tpr).clamp(f64::MIN, f64::MAX);
     let mut fpr = Vec::new();
-    for set in GENERATED {
+    for set in OodSet::generated() {
         let images = ood_images(set, &valid, None, SetHalf::All, rng)?;
         let outs = on(&images);
         fpr.push(SetFpr {
