@@ -102,6 +102,9 @@ pub(crate) struct TrainArgs {
     /// AVX512-BF16).
     #[arg(long, value_enum)]
     pub(crate) sgld_precision: Option<Precision>,
+    /// Chains run per iteration (default: the batch size); fewer make an iteration cheaper.
+    #[arg(long)]
+    pub(crate) sgld_chains: Option<usize>,
     /// Replay buffer size.
     #[arg(long)]
     pub(crate) buffer_size: Option<usize>,
@@ -207,7 +210,11 @@ impl TrainArgs {
             c.optim.warmup_steps = v
         });
         value(o, "--sampler", &self.sampler, |c, v| {
-            c.sgld = SgldConfig::for_sampler(v)
+            // The number of chains is the step's, not the sampler's: a recipe's stays.
+            c.sgld = SgldConfig {
+                chains: c.sgld.chains,
+                ..SgldConfig::for_sampler(v)
+            }
         });
         value(o, "--sgld-steps", &self.sgld_steps, |c, v| c.sgld.steps = v);
         value(o, "--sgld-grad-clip", &self.sgld_grad_clip, |c, v| {
@@ -221,6 +228,9 @@ impl TrainArgs {
         });
         value(o, "--sgld-precision", &self.sgld_precision, |c, v| {
             c.sgld.precision = v
+        });
+        value(o, "--sgld-chains", &self.sgld_chains, |c, v| {
+            c.sgld.chains = Some(v)
         });
         value(o, "--log-every", &self.log_every, |c, v| {
             c.schedule.log_every = v

@@ -175,8 +175,17 @@ impl TrainConfig {
                     "must be at least 1 for an objective that samples (use --objective softmax to train without)",
                 ));
             }
+            let batch = self.schedule.batch_size;
+            if let Some(m) = self.sgld.chains.filter(|&m| m > batch) {
+                return Err(ConfigError::field(
+                    "sgld.chains",
+                    format!(
+                        "{m} is more than the batch size {batch}: chains conditioned on y take the batch's labels"
+                    ),
+                ));
+            }
             self.buffer
-                .validate(self.data.dataset.num_classes(), self.schedule.batch_size)?;
+                .validate(self.data.dataset.num_classes(), self.sgld.chains_for(batch))?;
         }
         Ok(())
     }
@@ -296,5 +305,27 @@ mod tests {
         };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("sgld.precision"), "{e}");
+    }
+
+    /// The chains per iteration: absent means the batch size (and stays absent in the saved
+    /// file); 0 and more than the batch are refused, naming the field.
+    #[test]
+    fn sgld_chains_default_to_the_batch_and_are_validated() {
+        let mut c = TrainConfig::default();
+        assert!(!c.to_toml().contains("chains"));
+        assert_eq!(
+            c.sgld.chains_for(c.schedule.batch_size),
+            c.schedule.batch_size
+        );
+        c.sgld.chains = Some(16);
+        assert_eq!(TrainConfig::from_toml(&c.to_toml()).unwrap(), c);
+        c.validate().unwrap();
+        assert_eq!(c.sgld.chains_for(64), 16);
+        for bad in [0, c.schedule.batch_size + 1] {
+            c.sgld.chains = Some(bad);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("sgld.chains"), "{e}");
+        }
+        assert!(may_change_on_resume("sgld.chains"));
     }
 }

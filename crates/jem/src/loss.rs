@@ -187,8 +187,8 @@ pub fn loss(
 /// one-hot rows given, `f(x)[y]` of each image's class.
 ///
 /// # Shapes
-/// - `data, samples: [b, k]` logits (`k = 1` for the unconditional model)
-/// - `oh: ([b, k] data one-hot, [b, k] sample one-hot)` for the conditional model
+/// - `data: [b, k]`, `samples: [m, k]` logits (`k = 1` for the unconditional model)
+/// - `oh: ([b, k] data one-hot, [m, k] sample one-hot)` for the conditional model
 ///
 /// Returns `(total, mean f(x_data), mean f(x_samples))`, each `[1]`.
 pub fn igebm_loss(

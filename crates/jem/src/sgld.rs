@@ -67,6 +67,13 @@ pub struct SgldConfig {
     /// accumulation (the CPU kernel of the CNN on a CPU with AVX512-BF16 only; the update
     /// itself stays f32).
     pub precision: Precision,
+    /// Chains run per training iteration, drawn from the replay buffer (default, and when
+    /// absent from a config file: the batch size). Fewer chains than data images make an
+    /// iteration cheaper (the chains' passes cost `steps` times the data's) at the price of a
+    /// noisier estimate of `mean(lse(f(x_sample)))`; at most the batch size, because chains
+    /// conditioned on `y` take the first labels of the batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chains: Option<usize>,
 }
 
 impl Default for SgldConfig {
@@ -78,6 +85,7 @@ impl Default for SgldConfig {
             noise_std: 0.01,
             grad_clip: 0.1,
             precision: Precision::F32,
+            chains: None,
         }
     }
 }
@@ -101,12 +109,19 @@ impl SgldConfig {
             noise_std: 0.0,
             grad_clip: 0.1,
             precision: Precision::F32,
+            chains: None,
         }
     }
 
     /// Check the values (whether this machine runs the chosen [`Precision`] is checked when
     /// the compute engine is chosen, [`crate::engine::Engine::check_chains`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.chains == Some(0) {
+            return Err(ConfigError::field(
+                "sgld.chains",
+                "must be at least 1 (leave it out for one chain per data image)",
+            ));
+        }
         if !(self.step_size.is_finite() && self.step_size > 0.0) {
             return Err(ConfigError::field(
                 "sgld.step_size",
@@ -126,6 +141,11 @@ impl SgldConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Chains per training iteration for a data batch of `batch` images.
+    pub fn chains_for(&self, batch: usize) -> usize {
+        self.chains.unwrap_or(batch)
     }
 }
 

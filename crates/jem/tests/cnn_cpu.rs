@@ -237,10 +237,24 @@ fn kernel_step_equals_autodiff_step(cfg: jem::config::TrainConfig) {
             .map_err(|e| e.what)
             .unwrap();
         let delta: Vec<f32> = flat(&m).iter().zip(&p0).map(|(a, b)| a - b).collect();
-        (delta, metrics)
+        // Chains that moved: at most `sgld.chains` per sampled term.
+        let moved = (0..buf.len())
+            .filter(|&i| buf.chain(i) != buffer.chain(i))
+            .count();
+        (delta, metrics, moved)
     };
-    let (pk, mk) = run(true);
-    let (pa, ma) = run(false);
+    let (pk, mk, moved_k) = run(true);
+    let (pa, ma, moved_a) = run(false);
+    let terms =
+        usize::from(cfg.loss.px_weight > 0.0 || cfg.loss.objective == jem::loss::Objective::Igebm)
+            + usize::from(cfg.loss.pxy_weight > 0.0);
+    let sampled = cfg.loss.needs_sampling();
+    assert_eq!(moved_k, moved_a);
+    assert!(!sampled || moved_k > 0, "no chain moved");
+    assert!(
+        moved_k <= terms * cfg.sgld.chains_for(16),
+        "{moved_k} chains moved"
+    );
     assert!(pa.iter().any(|v| *v != 0.0));
     let e = rel_err(&pk, &pa);
     assert!(e < 1e-4, "updates differ by {e}");
@@ -282,6 +296,12 @@ fn kernel_training_steps_equal_the_autodiff_steps() {
     let mut c = base.clone();
     c.optim.sam_rho = 0.05;
     kernel_step_equals_autodiff_step(c);
+    // Fewer chains than data images, for p(x) and for p(x, y) (the batch's first labels).
+    let mut c = base.clone();
+    c.buffer.conditional = true;
+    c.loss.pxy_weight = 0.5;
+    c.sgld.chains = Some(5);
+    kernel_step_equals_autodiff_step(c);
     // Softmax.
     let mut c = base.clone();
     c.loss.objective = Objective::Softmax;
@@ -292,6 +312,8 @@ fn kernel_training_steps_equal_the_autodiff_steps() {
     c.loss.energy_l2 = 0.5;
     kernel_step_equals_autodiff_step(c.clone());
     c.buffer.conditional = true;
+    kernel_step_equals_autodiff_step(c.clone());
+    c.sgld.chains = Some(3);
     kernel_step_equals_autodiff_step(c);
 }
 

@@ -48,10 +48,11 @@ fn forward_loss(
     let x = Tensor::cat(chains.tensors.clone(), 0); // [b + px_rows + pxy_rows, c, h, w]
     let logits = model.forward(x); // [rows, k]
     let data_logits = logits.clone().slice(0..b); // [b, k]
-    let px_logits = (px_rows > 0).then(|| logits.clone().slice(b..b + px_rows)); // [b, k]
-    let pxy = (chains.pxy_rows > 0).then(|| {
-        let oh = one_hot(labels, k, device); // [b, k]
-        (logits.clone().slice(b + px_rows..b + px_rows + b), oh)
+    let px_logits = (px_rows > 0).then(|| logits.clone().slice(b..b + px_rows)); // [m, k]
+    let m = chains.pxy_rows;
+    let pxy = (m > 0).then(|| {
+        let oh = one_hot(&labels[..m], k, device); // [m, k]
+        (logits.clone().slice(b + px_rows..b + px_rows + m), oh)
     });
     let scalar = logits.dims()[1] == 1;
     let (total, mut scalars, has_lse_sample) = if cfg.loss.objective == Objective::Igebm {

@@ -129,11 +129,12 @@ fn sample_chains(model: &Classifier, inputs: &mut StepInputs) -> Chains {
     if !cfg.loss.needs_sampling() {
         return out;
     }
+    let m = cfg.sgld.chains_for(b);
     let mut run = |labels: Option<&[usize]>, out: &mut Chains| {
-        let draw = buffer.draw(b, labels, cfg.buffer.reinit_freq, inputs.rng);
+        let draw = buffer.draw(m, labels, cfg.buffer.reinit_freq, inputs.rng);
         let inner = inputs.device.clone().inner();
         let start =
-            Tensor::<4>::from_data(TensorData::new(draw.start.clone(), [b, c, h, w]), &inner);
+            Tensor::<4>::from_data(TensorData::new(draw.start.clone(), [m, c, h, w]), &inner);
         let ys = draw.labels.as_deref().or(labels);
         let target = match ys {
             Some(ys) => Target::Joint(one_hot(ys, inputs.num_classes, &inner)),
@@ -155,11 +156,11 @@ fn sample_chains(model: &Classifier, inputs: &mut StepInputs) -> Chains {
     };
     if want_px {
         run(None, &mut out);
-        out.px_rows = b;
+        out.px_rows = m;
     }
     if want_pxy {
-        run(Some(&batch.labels), &mut out);
-        out.pxy_rows = b;
+        run(Some(&batch.labels[..m]), &mut out);
+        out.pxy_rows = m;
     }
     out
 }
