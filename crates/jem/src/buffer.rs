@@ -40,8 +40,9 @@ impl Default for BufferConfig {
 }
 
 impl BufferConfig {
-    /// Check against the number of classes and the batch size.
-    pub fn validate(&self, num_classes: usize, batch_size: usize) -> Result<(), ConfigError> {
+    /// Check against the number of classes and the chains drawn per iteration
+    /// ([`crate::sgld::SgldConfig::chains_for`] the batch size).
+    pub fn validate(&self, num_classes: usize, chains: usize) -> Result<(), ConfigError> {
         if self.size == 0 {
             return Err(ConfigError::field("buffer.size", "must be positive"));
         }
@@ -65,10 +66,13 @@ impl BufferConfig {
         } else {
             self.size
         };
-        if per_chain_pool == 0 || (!self.conditional && self.size < batch_size) {
+        if per_chain_pool == 0 || (!self.conditional && self.size < chains) {
             return Err(ConfigError::field(
                 "buffer.size",
-                format!("{} is smaller than the batch size {batch_size}", self.size),
+                format!(
+                    "{} is smaller than the {chains} chains drawn per iteration (sgld.chains, by default the batch size)",
+                    self.size
+                ),
             ));
         }
         Ok(())
