@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use jem::config::TrainConfig;
 use jem::data::DatasetKind;
 use jem::init::ChainInit;
-use jem::loss::Objective;
+use jem::loss::{Objective, PxData};
 use jem::model::{Arch, ModelConfig};
 use jem::sgld::{Precision, SamplerKind, SgldConfig};
 use jem::train::{EvalLine, Observer, RecoveryLine, StepMetrics, Trainer};
@@ -126,6 +126,10 @@ pub(crate) struct TrainArgs {
     /// JEM: weight of the energy-magnitude penalty beta * (lse(x_data)^2 + lse(x_sample)^2).
     #[arg(long)]
     pub(crate) lse_l2: Option<f32>,
+    /// Which images the data side of p(x), p(x, y) and the energy penalties sees: the
+    /// augmented batch, or the same images without pad-crop and flips (data noise kept).
+    #[arg(long, value_enum)]
+    pub(crate) px_data: Option<PxData>,
     /// Divide every weight matrix by its spectral norm after each update.
     #[arg(long)]
     pub(crate) spectral_norm: bool,
@@ -291,6 +295,7 @@ impl TrainArgs {
             c.loss.energy_l2 = v
         });
         value(o, "--lse-l2", &self.lse_l2, |c, v| c.loss.lse_l2 = v);
+        value(o, "--px-data", &self.px_data, |c, v| c.loss.px_data = v);
         switch(o, "--spectral-norm", self.spectral_norm, |c| {
             c.optim.spectral_norm = true
         });

@@ -52,6 +52,7 @@ fn benches(c: &mut Criterion) {
     let batch = Batch {
         images: x0,
         labels: (0..64).map(|i| i % 10).collect(),
+        plain: None,
     };
     group.bench_function("jem_iteration", |b| {
         b.iter(|| {

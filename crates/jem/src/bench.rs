@@ -277,6 +277,7 @@ pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
     let batch = Batch {
         images: x0,
         labels: (0..b).map(|_| rng.below(k)).collect(),
+        plain: None,
     };
     let mut time = |cfg: &TrainConfig, model: &mut Classifier| {
         let dims = (shape, k, spec.iter_reps);

@@ -100,6 +100,16 @@ impl TrainConfig {
         }
     }
 
+    /// Whether each training batch carries plain copies of its images
+    /// ([`crate::loss::PxData::Plain`] with a generative data term, and pad-crop or flips to
+    /// leave out; data noise alone is no reason for a second pass).
+    pub fn plain_data_rows(&self) -> bool {
+        let aug = &self.data.augment;
+        self.loss.px_data == crate::loss::PxData::Plain
+            && self.loss.has_generative_data_term()
+            && (aug.crop_pad > 0 || aug.hflip)
+    }
+
     /// Read a TOML config file; missing fields take their defaults, unknown fields are errors.
     pub fn from_file(path: &Path) -> Result<Self, crate::Error> {
         let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
@@ -327,5 +337,25 @@ mod tests {
             assert!(e.contains("sgld.chains"), "{e}");
         }
         assert!(may_change_on_resume("sgld.chains"));
+    }
+
+    #[test]
+    fn plain_data_rows_need_a_generative_term_and_geometric_augmentation() {
+        use crate::loss::PxData;
+        let mut c = TrainConfig::default();
+        assert!(!c.to_toml().contains("px_data"));
+        c.loss.px_data = PxData::Plain;
+        let text = c.to_toml();
+        assert!(text.contains("px_data = \"plain\""), "{text}");
+        assert_eq!(TrainConfig::from_toml(&text).unwrap(), c);
+        // Data noise alone: the plain copies would be the batch again.
+        assert!(!c.plain_data_rows());
+        c.data.augment.hflip = true;
+        assert!(c.plain_data_rows());
+        c.loss.objective = Objective::Softmax;
+        assert!(!c.plain_data_rows());
+        c.loss.objective = Objective::Igebm;
+        assert!(c.plain_data_rows());
+        assert!(!may_change_on_resume("loss.px_data"));
     }
 }

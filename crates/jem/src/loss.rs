@@ -39,6 +39,23 @@ impl Objective {
     }
 }
 
+/// Which images the data side of the generative terms sees: the data rows of `log p(x)` and
+/// `log p(x, y)`, of the `lse_l2` penalty, and IGEBM's data energies. Cross-entropy always
+/// sees the augmented batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum PxData {
+    /// The augmented batch (pad-crop, flips, data noise), as the paper's code does.
+    #[default]
+    Augmented,
+    /// The same images without pad-crop and flips, with their own draw of data noise: the
+    /// energy then models the data set's images, not their augmented copies. With pad-crop or
+    /// flips on, a JEM step forwards these rows besides the augmented ones (one more pass
+    /// over the batch).
+    Plain,
+}
+
 /// Objective and weights (paper defaults: `p(y|x)` 1, `p(x)` 1, `p(x, y)` 0).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -59,6 +76,9 @@ pub struct LossConfig {
     /// against diverging energies; 0 in the paper).
     #[serde(default)]
     pub lse_l2: f32,
+    /// Which images the data side of the generative terms sees (default: the augmented ones).
+    #[serde(default, skip_serializing_if = "is_augmented")]
+    pub px_data: PxData,
     /// Learned Stein discrepancy settings (`--objective lsd`).
     pub lsd: crate::lsd::LsdConfig,
 }
@@ -72,6 +92,7 @@ impl Default for LossConfig {
             pxy_weight: 0.0,
             energy_l2: 1.0,
             lse_l2: 0.0,
+            px_data: PxData::Augmented,
             lsd: crate::lsd::LsdConfig::default(),
         }
     }
@@ -82,6 +103,16 @@ impl LossConfig {
     pub fn needs_sampling(&self) -> bool {
         match self.objective {
             Objective::Jem => self.px_weight > 0.0 || self.pxy_weight > 0.0,
+            Objective::Igebm => true,
+            Objective::Softmax | Objective::Lsd => false,
+        }
+    }
+
+    /// Whether a term of the objective reads the data batch as a density model's data: the
+    /// rows [`PxData`] chooses the images of.
+    pub fn has_generative_data_term(&self) -> bool {
+        match self.objective {
+            Objective::Jem => self.px_weight > 0.0 || self.pxy_weight > 0.0 || self.lse_l2 > 0.0,
             Objective::Igebm => true,
             Objective::Softmax | Objective::Lsd => false,
         }
@@ -122,6 +153,11 @@ impl LossConfig {
     }
 }
 
+/// Serde's test for leaving `px_data` out of saved configs at its default.
+fn is_augmented(p: &PxData) -> bool {
+    *p == PxData::Augmented
+}
+
 /// The loss and its parts, as device tensors (`total` carries the graph).
 #[derive(Clone, Debug)]
 pub struct LossParts {
@@ -129,7 +165,7 @@ pub struct LossParts {
     pub total: Tensor<1>,
     /// Cross-entropy on the data batch.
     pub ce: Tensor<1>,
-    /// `mean(lse(f(x_data)))`.
+    /// `mean(lse(f(x_data)))` over the generative terms' data rows.
     pub lse_data: Tensor<1>,
     /// `mean(lse(f(x_sample)))` over the `p(x)` samples (0 without).
     pub lse_sample: Option<Tensor<1>>,
@@ -139,16 +175,20 @@ pub struct LossParts {
 ///
 /// # Shapes
 /// - `data: [b, k]`, `data_oh: [b, k]`
+/// - `plain: [b, k]`, the logits of the data batch's plain copies ([`PxData::Plain`]): the
+///   data rows of the generative terms when given, `data` otherwise
 /// - `px_samples: [m, k]` (logits of the `p(x)` samples)
 /// - `pxy: ([n, k] logits of samples conditioned on `y`, [n, k] their one-hot `y`)`
 pub fn loss(
     cfg: &LossConfig,
     data: Tensor<2>,
     data_oh: Tensor<2>,
+    plain: Option<Tensor<2>>,
     px_samples: Option<Tensor<2>>,
     pxy: Option<(Tensor<2>, Tensor<2>)>,
 ) -> LossParts {
     let ce = cross_entropy(data.clone(), data_oh.clone()); // [1]
+    let data = plain.unwrap_or(data); // [b, k]: the generative terms' data rows
     let lse_data_all = logsumexp(data.clone()); // [b]
     let lse_data = lse_data_all.clone().mean(); // [1]
     let mut total = ce.clone().mul_scalar(cfg.pyx_weight);

@@ -554,9 +554,12 @@ impl Trainer {
         self.device
             .seed(self.cfg.seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let (indices, epoch) = self.sampler.indices(step);
-        let batch = self
-            .train
-            .batch(indices, &self.cfg.data.augment, &mut self.state.rng);
+        let (aug, rng) = (&self.cfg.data.augment, &mut self.state.rng);
+        let batch = if self.cfg.plain_data_rows() {
+            self.train.batch_with_plain(indices, aug, rng)
+        } else {
+            self.train.batch(indices, aug, rng)
+        };
         let scale = self.state.lr_scale;
         let cfg = self.effective_config();
         let inputs = StepInputs {

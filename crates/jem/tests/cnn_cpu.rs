@@ -181,20 +181,18 @@ fn weight_grads_match(cfg: &ModelConfig) {
     }
 }
 
-fn kernel_step_equals_autodiff_step(cfg: jem::config::TrainConfig) {
-    use jem::buffer::ReplayBuffer;
-    use jem::data::Batch;
+/// One training step of `model` from `buffer` on `batch`, through the CPU kernel or autodiff:
+/// the change of every parameter, the step's metrics, and how many buffer chains moved.
+fn one_step(
+    cfg: &jem::config::TrainConfig,
+    model: &jem::model::Classifier,
+    batch: &jem::data::Batch,
+    buffer: &jem::buffer::ReplayBuffer,
+    kernel: bool,
+) -> (Vec<f32>, jem::train::StepMetrics, usize) {
     use jem::optim::Optimizer;
     use jem::step::{StepInputs, iteration};
     let d = Device::flex().autodiff();
-    let model = init(&cfg.model, 1, cfg.model_outputs(10), 11);
-    let mut x = vec![0.0f32; 16 * 784];
-    Rng::new(12, 0).fill_uniform(&mut x, -1.0, 1.0);
-    let batch = Batch {
-        images: x,
-        labels: (0..16).map(|i| i % 10).collect(),
-    };
-    let buffer = ReplayBuffer::uniform(&cfg.buffer, [1, 28, 28], 10, &mut Rng::new(13, 0));
     let flat = |m: &jem::model::Classifier| {
         let mut params = Vec::new();
         struct P<'a>(&'a mut Vec<f32>);
@@ -207,42 +205,63 @@ fn kernel_step_equals_autodiff_step(cfg: jem::config::TrainConfig) {
         burn::module::Module::visit(m, &mut P(&mut params));
         params
     };
-    let p0 = flat(&model);
-    let run = |kernel: bool| {
-        let mut opt = Optimizer::new(&cfg.optim);
-        let mut buf = buffer.clone();
-        let mut rng = Rng::new(14, 0);
-        let engine = if kernel {
-            Engine::for_model(&model)
-        } else {
-            Engine::Autodiff
-        };
-        let inputs = StepInputs {
-            cfg: &cfg,
-            engine,
-            batch: &batch,
-            shape: [1, 28, 28],
-            num_classes: 10,
-            // Large enough that the update is far above the f32 rounding of the weights it
-            // is read back from (with 1e-3 the cancellation alone is about 1e-3 relative).
-            lr: 1.0,
-            critic_lr: 0.0,
-            optim: &mut opt,
-            buffer: Some(&mut buf),
-            critic: None,
-            rng: &mut rng,
-            device: &d,
-        };
-        let (m, metrics) = iteration(model.clone(), inputs)
-            .map_err(|e| e.what)
-            .unwrap();
-        let delta: Vec<f32> = flat(&m).iter().zip(&p0).map(|(a, b)| a - b).collect();
-        // Chains that moved: at most `sgld.chains` per sampled term.
-        let moved = (0..buf.len())
-            .filter(|&i| buf.chain(i) != buffer.chain(i))
-            .count();
-        (delta, metrics, moved)
+    let mut opt = Optimizer::new(&cfg.optim);
+    let mut buf = buffer.clone();
+    let mut rng = Rng::new(14, 0);
+    let engine = if kernel {
+        Engine::for_model(model)
+    } else {
+        Engine::Autodiff
     };
+    let inputs = StepInputs {
+        cfg,
+        engine,
+        batch,
+        shape: [1, 28, 28],
+        num_classes: 10,
+        // Large enough that the update is far above the f32 rounding of the weights it
+        // is read back from (with 1e-3 the cancellation alone is about 1e-3 relative).
+        lr: 1.0,
+        critic_lr: 0.0,
+        optim: &mut opt,
+        buffer: Some(&mut buf),
+        critic: None,
+        rng: &mut rng,
+        device: &d,
+    };
+    let (m, metrics) = iteration(model.clone(), inputs)
+        .map_err(|e| e.what)
+        .unwrap();
+    let p0 = flat(model);
+    let delta: Vec<f32> = flat(&m).iter().zip(&p0).map(|(a, b)| a - b).collect();
+    // Chains that moved: at most `sgld.chains` per sampled term.
+    let moved = (0..buf.len())
+        .filter(|&i| buf.chain(i) != buffer.chain(i))
+        .count();
+    (delta, metrics, moved)
+}
+
+/// A batch of 16 images in `[-1, 1]` drawn from `seed`, labels `i % 10`, no plain copies.
+fn random_batch(seed: u64) -> jem::data::Batch {
+    let mut x = vec![0.0f32; 16 * 784];
+    Rng::new(seed, 0).fill_uniform(&mut x, -1.0, 1.0);
+    jem::data::Batch {
+        images: x,
+        labels: (0..16).map(|i| i % 10).collect(),
+        plain: None,
+    }
+}
+
+fn kernel_step_equals_autodiff_step(cfg: jem::config::TrainConfig) {
+    use jem::buffer::ReplayBuffer;
+    let model = init(&cfg.model, 1, cfg.model_outputs(10), 11);
+    let mut batch = random_batch(12);
+    // Plain copies of the batch: other images, so that a step reading the wrong rows differs.
+    if cfg.loss.px_data == jem::loss::PxData::Plain {
+        batch.plain = Some(random_batch(15).images);
+    }
+    let buffer = ReplayBuffer::uniform(&cfg.buffer, [1, 28, 28], 10, &mut Rng::new(13, 0));
+    let run = |kernel: bool| one_step(&cfg, &model, &batch, &buffer, kernel);
     let (pk, mk, moved_k) = run(true);
     let (pa, ma, moved_a) = run(false);
     let terms =
@@ -302,6 +321,13 @@ fn kernel_training_steps_equal_the_autodiff_steps() {
     c.loss.pxy_weight = 0.5;
     c.sgld.chains = Some(5);
     kernel_step_equals_autodiff_step(c);
+    // The generative data rows on the batch's plain copies (p(x), p(x, y), lse_l2).
+    let mut c = base.clone();
+    c.buffer.conditional = true;
+    c.loss.pxy_weight = 0.5;
+    c.loss.lse_l2 = 0.3;
+    c.loss.px_data = jem::loss::PxData::Plain;
+    kernel_step_equals_autodiff_step(c);
     // Softmax.
     let mut c = base.clone();
     c.loss.objective = Objective::Softmax;
@@ -314,7 +340,54 @@ fn kernel_training_steps_equal_the_autodiff_steps() {
     c.buffer.conditional = true;
     kernel_step_equals_autodiff_step(c.clone());
     c.sgld.chains = Some(3);
+    kernel_step_equals_autodiff_step(c.clone());
+    c.loss.px_data = jem::loss::PxData::Plain;
     kernel_step_equals_autodiff_step(c);
+}
+
+#[test]
+fn plain_copies_are_the_data_rows_of_the_generative_terms_only() {
+    use jem::buffer::ReplayBuffer;
+    use jem::loss::{Objective, PxData};
+    let mut cfg = jem::config::TrainConfig::default();
+    cfg.sgld.steps = 2;
+    cfg.buffer.size = 200;
+    cfg.buffer.conditional = true;
+    cfg.optim.algorithm = jem::optim::Algorithm::Sgd;
+    cfg.loss.pxy_weight = 0.5;
+    cfg.loss.lse_l2 = 0.3;
+    let model = init(&cfg.model, 1, 10, 11);
+    let buffer = ReplayBuffer::uniform(&cfg.buffer, [1, 28, 28], 10, &mut Rng::new(13, 0));
+    let batch = random_batch(12);
+    let mut same = batch.clone();
+    same.plain = Some(batch.images.clone());
+    let mut other = batch.clone();
+    other.plain = Some(random_batch(15).images);
+    let mut plain_cfg = cfg.clone();
+    plain_cfg.loss.px_data = PxData::Plain;
+    for kernel in [true, false] {
+        let (base, mb, _) = one_step(&cfg, &model, &batch, &buffer, kernel);
+        // Plain copies equal to the batch: the step of the augmented batch alone.
+        let (d, m, _) = one_step(&plain_cfg, &model, &same, &buffer, kernel);
+        assert!(rel_err(&d, &base) < 1e-4, "kernel {kernel}");
+        assert!((m.loss - mb.loss).abs() < 1e-4 * mb.loss.abs().max(1.0));
+        // Other plain copies: another step, the same cross-entropy and accuracy (augmented
+        // rows), another data lse (plain rows).
+        let (d, m, _) = one_step(&plain_cfg, &model, &other, &buffer, kernel);
+        assert!(
+            rel_err(&d, &base) > 1e-2,
+            "kernel {kernel}: the plain rows were not read"
+        );
+        assert!((m.ce.unwrap() - mb.ce.unwrap()).abs() < 1e-5);
+        assert_eq!(m.acc, mb.acc);
+        assert_ne!(m.lse_data, mb.lse_data);
+    }
+    // Softmax has no generative term: the plain copies change nothing.
+    cfg.loss.objective = Objective::Softmax;
+    plain_cfg.loss.objective = Objective::Softmax;
+    let (base, _, _) = one_step(&cfg, &model, &batch, &buffer, true);
+    let (d, _, _) = one_step(&plain_cfg, &model, &other, &buffer, true);
+    assert_eq!(d, base);
 }
 
 #[test]

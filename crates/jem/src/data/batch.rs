@@ -34,6 +34,9 @@ pub struct Batch {
     pub images: Vec<f32>,
     /// `b` labels.
     pub labels: Vec<usize>,
+    /// The same images without pad-crop and flips, with their own data noise, `[b, c, h, w]`
+    /// (only for [`crate::loss::PxData::Plain`]).
+    pub plain: Option<Vec<f32>>,
 }
 
 /// Deterministic epoch orders: epoch `e` is a permutation drawn from `(seed, e)` alone, so a
@@ -126,7 +129,27 @@ impl Dataset {
         Batch {
             images,
             labels: indices.iter().map(|&i| self.labels[i] as usize).collect(),
+            plain: None,
         }
+    }
+
+    /// [`Dataset::batch`], then the same images again without pad-crop and flips (with data
+    /// noise drawn after the augmented batch's) as [`Batch::plain`].
+    pub fn batch_with_plain(&self, indices: &[usize], aug: &Augment, rng: &mut Rng) -> Batch {
+        let mut batch = self.batch(indices, aug, rng);
+        let mut plain: Vec<f32> = indices
+            .iter()
+            .flat_map(|&i| self.image(i).iter().copied())
+            .collect(); // [b, c, h, w]
+        if aug.noise_std > 0.0 {
+            let mut noise = vec![0.0f32; plain.len()];
+            rng.fill_normal(&mut noise, aug.noise_std);
+            for (v, e) in plain.iter_mut().zip(noise) {
+                *v += e;
+            }
+        }
+        batch.plain = Some(plain);
+        batch
     }
 }
 
@@ -149,6 +172,35 @@ mod tests {
     fn reflect_matches_reflect_padding() {
         let got: Vec<usize> = (-3..7).map(|i| reflect(i, 4)).collect();
         assert_eq!(got, vec![3, 2, 1, 0, 1, 2, 3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn plain_copies_are_the_images_without_crop_and_flip() {
+        let shape = [1, 4, 5];
+        let images: Vec<f32> = (0..3 * 20).map(|v| v as f32).collect();
+        let data = Dataset {
+            images: images.clone(),
+            labels: vec![0, 1, 2],
+            shape,
+            num_classes: 3,
+        };
+        let aug = Augment {
+            crop_pad: 2,
+            hflip: true,
+            noise_std: 0.0,
+        };
+        let mut rng = Rng::new(3, 0);
+        let a = data.batch(&[2, 0], &aug, &mut rng.clone());
+        let b = data.batch_with_plain(&[2, 0], &aug, &mut rng);
+        assert_eq!(a.images, b.images, "the augmented rows are unchanged");
+        assert_eq!(a.plain, None);
+        let mut want = images[40..60].to_vec();
+        want.extend_from_slice(&images[0..20]);
+        assert_eq!(b.plain.as_deref(), Some(&want[..]));
+        assert_ne!(
+            b.images, want,
+            "pad-crop and flips moved the augmented rows"
+        );
     }
 
     #[test]

@@ -45,14 +45,17 @@ fn forward_loss(
     let b = labels.len();
     let (px_rows, k) = (chains.px_rows, inputs.num_classes);
     let data_oh = one_hot(labels, k, device); // [b, k]
-    let x = Tensor::cat(chains.tensors.clone(), 0); // [b + px_rows + pxy_rows, c, h, w]
+    let x = Tensor::cat(chains.tensors.clone(), 0); // [b + plain + px_rows + pxy_rows, c, h, w]
     let logits = model.forward(x); // [rows, k]
     let data_logits = logits.clone().slice(0..b); // [b, k]
-    let px_logits = (px_rows > 0).then(|| logits.clone().slice(b..b + px_rows)); // [m, k]
+    let plain = chains.plain_rows;
+    let plain_logits = (plain > 0).then(|| logits.clone().slice(b..b + plain)); // [b, k]
+    let s0 = b + plain; // the first sample row
+    let px_logits = (px_rows > 0).then(|| logits.clone().slice(s0..s0 + px_rows)); // [m, k]
     let m = chains.pxy_rows;
     let pxy = (m > 0).then(|| {
         let oh = one_hot(&labels[..m], k, device); // [m, k]
-        (logits.clone().slice(b + px_rows..b + px_rows + m), oh)
+        (logits.clone().slice(s0 + px_rows..s0 + px_rows + m), oh)
     });
     let scalar = logits.dims()[1] == 1;
     let (total, mut scalars, has_lse_sample) = if cfg.loss.objective == Objective::Igebm {
@@ -69,6 +72,7 @@ fn forward_loss(
             &cfg.loss,
             data_logits.clone(),
             data_oh.clone(),
+            plain_logits,
             px_logits,
             pxy,
         );

@@ -44,10 +44,11 @@ fn loss_and_grads(
     let labels = &inputs.batch.labels;
     let rows = Rows {
         b: labels.len(),
+        plain: chains.plain_rows,
         px: chains.px_rows,
         pxy: chains.pxy_rows,
     };
-    let n = rows.b + rows.px + rows.pxy;
+    let n = rows.b + rows.plain + rows.px + rows.pxy;
     let logits = kernel.forward(&chains.host_rows, n, inputs.shape); // [n, outputs]
     let (dl, metrics) = match inputs.cfg.loss.objective {
         Objective::Igebm => igebm(
@@ -74,10 +75,12 @@ fn loss_and_grads(
     Ok((metrics, grads))
 }
 
-/// Rows of the kernel's batch: data, then `log p(x)` samples, then `log p(x, y)` samples.
+/// Rows of the kernel's batch: data, then the data's plain copies (`plain`: `b` or 0), then
+/// `log p(x)` samples, then `log p(x, y)` samples.
 #[derive(Clone, Copy)]
 struct Rows {
     b: usize,
+    plain: usize,
     px: usize,
     pxy: usize,
 }
@@ -162,12 +165,16 @@ fn jem_gradient(
     k: usize,
     Rows {
         b,
+        plain,
         px: px_rows,
         pxy: pxy_rows,
     }: Rows,
 ) -> (Vec<f32>, Sums) {
-    let n = b + px_rows + pxy_rows;
+    let n = b + plain + px_rows + pxy_rows;
     let inv_b = 1.0 / b as f32;
+    // The generative terms' data rows: the plain copies when there are any.
+    let gen_data = if plain > 0 { b..b + plain } else { 0..b };
+    let samples = b + plain;
     let mut dl = vec![0.0f32; n * k];
     let mut s = Sums::default();
     for i in 0..n {
@@ -177,24 +184,31 @@ fn jem_gradient(
         if i < b {
             let y = labels[i];
             s.ce += (lse - row[y]) as f64;
+            s.correct += usize::from(argmax(row) == y);
+            for j in 0..k {
+                d[j] = pyx * p[j] * inv_b;
+            }
+            d[y] -= pyx * inv_b;
+        }
+        if gen_data.contains(&i) {
+            let y = labels[i - gen_data.start];
             s.lse_data += lse as f64;
             s.fy_data += row[y] as f64;
-            s.correct += usize::from(argmax(row) == y);
             s.lse2_data += (lse * lse) as f64;
             let pen = 2.0 * beta * lse;
             for j in 0..k {
-                d[j] = (pyx - px + pen) * p[j] * inv_b;
+                d[j] += (pen - px) * p[j] * inv_b;
             }
-            d[y] -= (pyx + pxy) * inv_b;
-        } else if i < b + px_rows {
+            d[y] -= pxy * inv_b;
+        } else if (samples..samples + px_rows).contains(&i) {
             s.lse_sample += lse as f64;
             s.lse2_sample += (lse * lse) as f64;
             let pen = if px > 0.0 { 2.0 * beta * lse } else { 0.0 };
             for j in 0..k {
                 d[j] = (px + pen) * p[j] / px_rows as f32;
             }
-        } else {
-            let y = labels[i - b - px_rows];
+        } else if i >= samples + px_rows {
+            let y = labels[i - samples - px_rows];
             s.fy_sample += row[y] as f64;
             d[y] += pxy / pxy_rows as f32;
         }
@@ -214,7 +228,7 @@ fn igebm(
     labels: &[usize],
     logits: &[f32],
     outputs: usize,
-    Rows { b, px, pxy }: Rows,
+    Rows { b, px, pxy, .. }: Rows,
     lr: f64,
 ) -> Result<(Vec<f32>, StepMetrics), Divergence> {
     let m = px + pxy;

@@ -84,13 +84,16 @@ pub fn iteration(model: Classifier, mut inputs: StepInputs) -> StepResult {
     out
 }
 
-/// The inputs of the loss: the data batch, then the `log p(x)` chains, then the
-/// `log p(x, y)` chains (those the objective asks for), as tensors and as host rows.
+/// The inputs of the loss: the data batch, then its plain copies (JEM with
+/// [`crate::loss::PxData::Plain`]), then the `log p(x)` chains, then the `log p(x, y)`
+/// chains (those the objective asks for), as tensors and as host rows.
 struct Chains {
     /// Data and samples as autodiff tensors, `[b, c, h, w]` each.
     tensors: Vec<Tensor<4>>,
-    /// The same rows on the host, `[b + px_rows + pxy_rows, c, h, w]` row-major.
+    /// The same rows on the host, `[b + plain_rows + px_rows + pxy_rows, c, h, w]` row-major.
     host_rows: Vec<f32>,
+    /// Rows of plain copies of the data batch: `b` or 0.
+    plain_rows: usize,
     /// Rows of `log p(x)` samples.
     px_rows: usize,
     /// Rows of `log p(x, y)` samples (the batch's classes).
@@ -107,18 +110,34 @@ fn sample_chains(model: &Classifier, inputs: &mut StepInputs) -> Chains {
     let (cfg, batch) = (inputs.cfg, inputs.batch);
     let b = batch.labels.len();
     let [c, h, w] = inputs.shape;
-    let x_data = Tensor::<4>::from_data(
-        TensorData::new(batch.images.clone(), [b, c, h, w]),
-        inputs.device,
-    ); // [b, c, h, w]
+    let tensor = |rows: &[f32]| {
+        Tensor::<4>::from_data(TensorData::new(rows.to_vec(), [b, c, h, w]), inputs.device)
+    }; // [b, c, h, w]
+    // The plain copies are the generative data rows: IGEBM's only data rows; JEM's besides
+    // the augmented rows of its cross-entropy.
+    let plain = batch
+        .plain
+        .as_deref()
+        .filter(|_| cfg.loss.has_generative_data_term());
+    let igebm = cfg.loss.objective == Objective::Igebm;
+    let data = match plain {
+        Some(p) if igebm => p,
+        _ => &batch.images,
+    };
     let mut out = Chains {
-        tensors: vec![x_data],
-        host_rows: batch.images.clone(),
+        tensors: vec![tensor(data)],
+        host_rows: data.to_vec(),
+        plain_rows: 0,
         px_rows: 0,
         pxy_rows: 0,
         grad_norm: None,
         n_reinit: None,
     };
+    if let Some(p) = plain.filter(|_| !igebm) {
+        out.tensors.push(tensor(p));
+        out.host_rows.extend_from_slice(p);
+        out.plain_rows = b;
+    }
     let (want_px, want_pxy) = match cfg.loss.objective {
         Objective::Igebm => (!cfg.buffer.conditional, cfg.buffer.conditional),
         _ => (cfg.loss.px_weight > 0.0, cfg.loss.pxy_weight > 0.0),
