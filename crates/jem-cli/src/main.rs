@@ -7,6 +7,7 @@ mod eval_cmd;
 mod predict_cmd;
 mod sample_cmd;
 mod serve_cmd;
+mod sweep_cmd;
 mod train_cmd;
 
 use anyhow::{Context, Result, bail};
@@ -18,6 +19,7 @@ use eval_cmd::{EvalCommand, eval_accuracy, eval_attack, eval_calibration, eval_o
 use predict_cmd::{ExportArgs, PredictArgs, ThresholdArgs, export, predict, threshold};
 use sample_cmd::{SampleArgs, eval_samples, sample};
 use serve_cmd::{ServeArgs, serve};
+use sweep_cmd::{SweepArgs, sweep};
 use train_cmd::{TrainArgs, train};
 
 #[global_allocator]
@@ -65,6 +67,9 @@ enum Command {
     Serve(ServeArgs),
     /// Export a run's classifier (ONNX) for other runtimes.
     Export(ExportArgs),
+    /// Train and evaluate a grid of config values (`--grid optim.lr=1e-4,1e-3`), one run per
+    /// cell and seed; `jem sweep status DIR`, `jem sweep plot DIR --x KEY --y KEY`.
+    Sweep(Box<SweepArgs>),
     /// Print the default configuration as TOML (a starting point for --config).
     Config,
 }
@@ -135,6 +140,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve(a, &device),
         Command::Export(a) => export(a, &device),
         Command::Bench(a) => bench(a, &device, threads),
+        Command::Sweep(a) => sweep(*a, &device, threads),
         Command::Report(a) => {
             let html = jem::report::render_report(&a.run, a.baseline.as_deref())?;
             jem::tensor_file::write_atomic(&a.out, html.as_bytes())?;

@@ -269,6 +269,34 @@ fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json
     }
 }
 
+/// The first dotted path at which two JSON values differ.
+pub fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> Option<String> {
+    let join = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| match (x.get(k), y.get(k)) {
+                (Some(u), Some(v)) => first_difference(u, v, &join(k)),
+                _ => Some(join(k)),
+            })
+        }
+        _ if a == b => None,
+        _ => Some(if at.is_empty() {
+            "(root)".into()
+        } else {
+            at.into()
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,6 +217,14 @@ pub enum Error {
         /// The first differing config field, dotted (e.g. `optim.lr`).
         field: String,
     },
+    /// A sweep directory that cannot be used as asked.
+    #[error("sweep {dir}: {reason}")]
+    Sweep {
+        /// The sweep directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A model that cannot be written in an export format.
     #[error("export: {0}")]
     Export(String),

@@ -73,6 +73,8 @@ pub mod bench;
 #[cfg(feature = "report")]
 pub mod report;
 
+pub mod sweep;
+
 pub use burn::prelude::{Device, Tensor};
 
 pub use engine::{Engine, default_device};

@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["eval"],
     &["train", "predict", "export"],
     &["bench", "report"],
+    &["sweep"],
 ];
 
 /// Items the crate root re-exports, and the module they come from.

@@ -14,6 +14,7 @@ use crate::config::TrainConfig;
 use crate::eval::store::load_results;
 use crate::init::ChainInit;
 use crate::loss::Objective;
+use crate::metrics::median_step_ms;
 use crate::sgld::SamplerKind;
 
 /// One run's row.
@@ -100,15 +101,7 @@ fn method(dir: &Path) -> Result<(String, u64, Option<u64>)> {
 pub fn row(dir: &Path) -> Result<Row> {
     let (method, seed, max_steps) = method(dir)?;
     let state = load_state(dir)?;
-    let path = dir.join(files::METRICS);
-    let mut ms: Vec<f64> = std::fs::read_to_string(&path)
-        .map_err(|e| crate::Error::io(&path, e))?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("event").is_none())
-        .filter_map(|v| v.get("ms").and_then(Value::as_f64))
-        .collect();
-    ms.sort_by(f64::total_cmp);
+    let ms_per_step = median_step_ms(&dir.join(files::METRICS))?;
     let results = load_results(dir)?;
     let find = |name: &str| results.iter().find(|(n, _)| n == name).map(|(_, v)| v);
     let num = |name: &str, key: &str| find(name).and_then(|v| v.get(key)).and_then(Value::as_f64);
@@ -135,7 +128,7 @@ pub fn row(dir: &Path) -> Result<Row> {
         max_steps,
         stopped_early: max_steps.is_some_and(|m| state.step < m),
         recoveries: state.recoveries,
-        ms_per_step: (!ms.is_empty()).then(|| ms[ms.len() / 2]),
+        ms_per_step,
         accuracy: num("accuracy-test", "accuracy"),
         ece: num("calibration-test", "ece"),
         auroc,

@@ -71,33 +71,7 @@ pub struct SeedSummary {
     pub figures: Vec<Figure>,
 }
 
-/// The first dotted path at which two JSON values differ.
-pub fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
-    let join = |k: &str| {
-        if at.is_empty() {
-            k.to_string()
-        } else {
-            format!("{at}.{k}")
-        }
-    };
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            keys.into_iter().find_map(|k| match (x.get(k), y.get(k)) {
-                (Some(u), Some(v)) => first_difference(u, v, &join(k)),
-                _ => Some(join(k)),
-            })
-        }
-        _ if a == b => None,
-        _ => Some(if at.is_empty() {
-            "(root)".into()
-        } else {
-            at.into()
-        }),
-    }
-}
+pub use crate::config::first_difference;
 
 /// Summarise `dirs` as seeds of one recipe: `Err(NotSeeds)` naming the first config field
 /// (other than `seed`) in which a run differs from the first. `keep` filters each row's
