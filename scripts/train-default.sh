@@ -84,9 +84,11 @@ for run in "$jem_run" "$soft_run"; do
   # PGD L-inf at eps 8/255 (and 0 as the clean check).
   "$jem" eval attack --run "$run" --norm linf --eps 0,0.0313725 "${attack_flags[@]}"
 done
-# The JEM defence: each input refined by SGLD on log p(x) before classifying (BPDA + EOT).
+# The JEM defence: each input refined by SGLD on log p(x) before classifying (BPDA + EOT), 10
+# steps of 0.1 (the training step of 1 moves inputs off what the classifier learned: clean
+# accuracy 8.7% under the defence at step 1, 87% at 0.1; docs/results.md).
 "$jem" eval attack --run "$jem_run" --norm linf --eps 0,0.0313725 --refine-steps 10 --chains 1 \
-  "${attack_flags[@]}"
+  --refine-step-size 0.1 "${attack_flags[@]}"
 "$jem" eval samples --run "$jem_run" --feature-run "$soft_run" "${samples_flags[@]}"
 "$jem" sample --run "$jem_run" --out "$jem_run/samples.png"
 # One class per row: chains from noise (the buffer is unconditional), 200 SGLD steps.

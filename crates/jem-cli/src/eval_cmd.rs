@@ -386,6 +386,10 @@ pub(crate) struct AttackArgs {
     /// Noise the defence's chains start with.
     #[arg(long, default_value_t = 0.03)]
     refine_noise: f32,
+    /// Step size of the defence's SGLD (default: the run's `sgld.step_size`). A run trained
+    /// with a strong energy (small `lse_l2`) moves inputs far with the training step.
+    #[arg(long)]
+    refine_step_size: Option<f32>,
     /// Seed of the attack and the defence.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -409,6 +413,12 @@ pub(crate) fn eval_attack(a: AttackArgs, device: &jem::Device) -> Result<()> {
     };
     let mut sgld = run.config.sgld.clone();
     sgld.steps = a.refine_steps;
+    if let Some(step) = a.refine_step_size {
+        if !(step.is_finite() && step > 0.0) {
+            bail!("--refine-step-size must be positive");
+        }
+        sgld.step_size = step;
+    }
     let defence = Defence {
         sgld,
         chains: a.chains,
@@ -432,6 +442,7 @@ pub(crate) fn eval_attack(a: AttackArgs, device: &jem::Device) -> Result<()> {
                 .collect::<Vec<_>>()
         );
         body["refine_steps"] = serde_json::json!(a.refine_steps);
+        body["refine_step_size"] = serde_json::json!(defence.sgld.step_size);
         body["norm"] = serde_json::json!(cfg.norm);
         body["steps"] = serde_json::json!(a.steps);
         let name = format!(
