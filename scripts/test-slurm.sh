@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `jem sweep --launcher slurm` on a real single-node Slurm: start munge, slurmctld and slurmd
-# with a minimal slurm.conf in a scratch folder, run the same 4-cell sweep (20 steps each on
-# Fashion-MNIST) through the local launcher and through `sbatch --array`, and check that both
+# with a minimal slurm.conf in a scratch folder, run the same 4-cell sweep (20 steps each of a
+# small CNN on Fashion-MNIST) through the local launcher and through `sbatch --array`, and check that both
 # end with the same results.csv (every column but the timing, ms_per_step). Stops the daemons
 # it started. Needs root (or an already running munged) and the Debian packages slurm-wlm
 # and munge (installed here when missing and run as root).
@@ -96,7 +96,7 @@ if ! sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed)'; then
 fi
 echo "single-node Slurm up on $host ($cpus CPUs)"
 
-grid=(--recipe fashion-mnist --max-steps 20 --set schedule.checkpoint_every=10
+grid=(--recipe fashion-mnist --max-steps 20 --set schedule.checkpoint_every=10 --set "model.widths=[8, 16]"
   --grid "optim.lr=3e-4,1e-3" --grid "loss.px_weight=0,0.3" --ood uniform,constant)
 "$jem" --threads 1 sweep --out "$work/local" "${grid[@]}"
 "$jem" sweep --out "$work/slurm-sweep" "${grid[@]}" --launcher slurm --sbatch-args "--cpus-per-task=1"
