@@ -130,7 +130,7 @@ fn a_sweep_trains_every_cell_into_its_table_and_goes_on_where_it_stopped() {
 
     // The heat map marks the squares whose cells gave up.
     let map = jem::sweep::plot::heatmap(&sweep, "loss.px_weight", "optim.lr", "accuracy").unwrap();
-    assert_eq!(map.svg.matches("1/1 failed").count(), 2);
+    assert_eq!(map.svg.matches("1/1 gave up").count(), 2);
     assert!(jem::sweep::plot::heatmap(&sweep, "sgld.steps", "optim.lr", "accuracy").is_err());
 }
 

@@ -38,7 +38,8 @@ fn metric_of(r: &CellResult, metric: &str) -> Option<f64> {
 /// Mean of the finished cells' metric and the count of the others, per square.
 struct Square {
     mean: Option<f64>,
-    bad: usize,
+    gave_up: usize,
+    failed: usize,
     cells: usize,
 }
 
@@ -110,10 +111,11 @@ pub fn heatmap(sweep: &Sweep, x: &str, y: &str, metric: &str) -> Result<Heatmap>
         });
     }
     let (nx, ny) = (dx.labels.len(), dy.labels.len());
-    let mut sums = vec![(0.0f64, 0usize, 0usize, 0usize); nx * ny];
+    // (sum, finished with the metric, gave up, failed, cells)
+    let mut sums = vec![(0.0f64, 0usize, 0usize, 0usize, 0usize); nx * ny];
     for cell in sweep.cells() {
         let s = &mut sums[dy.pos(sweep, cell) * nx + dx.pos(sweep, cell)];
-        s.3 += 1;
+        s.4 += 1;
         match sweep.result(cell)? {
             Some(r) if r.status == CellStatus::Finished => {
                 if let Some(v) = metric_of(&r, metric) {
@@ -121,15 +123,17 @@ pub fn heatmap(sweep: &Sweep, x: &str, y: &str, metric: &str) -> Result<Heatmap>
                     s.1 += 1;
                 }
             }
-            Some(r) if matches!(r.status, CellStatus::GaveUp | CellStatus::Failed) => s.2 += 1,
+            Some(r) if r.status == CellStatus::GaveUp => s.2 += 1,
+            Some(r) if r.status == CellStatus::Failed => s.3 += 1,
             _ => {}
         }
     }
     let squares: Vec<Square> = sums
         .iter()
-        .map(|&(sum, n, bad, cells)| Square {
+        .map(|&(sum, n, gave_up, failed, cells)| Square {
             mean: (n > 0).then(|| sum / n as f64),
-            bad,
+            gave_up,
+            failed,
             cells,
         })
         .collect();
@@ -193,14 +197,19 @@ fn square(s: &mut String, x0: f64, y0: f64, g: &Geometry, metric: &str, sq: &Squ
         x0 + cw / 2.0,
         y0 + ch / 2.0 + 4.0
     );
-    if sq.bad > 0 {
+    let bad = sq.gave_up + sq.failed;
+    if bad > 0 {
+        let what = match (sq.gave_up, sq.failed) {
+            (_, 0) => "gave up",
+            (0, _) => "failed",
+            _ => "stopped",
+        };
         let (x1, y1) = (x0 + cw, y0 + ch);
         let _ = write!(
             s,
-            r#"<path d="M{x0} {y0} L{x1} {y1} M{x1} {y0} L{x0} {y1}" stroke="red" stroke-width="2"/><text x="{}" y="{}" text-anchor="middle" fill="red" font-size="10">{}/{} failed</text>"#,
+            r#"<path d="M{x0} {y0} L{x1} {y1} M{x1} {y0} L{x0} {y1}" stroke="red" stroke-width="2"/><text x="{}" y="{}" text-anchor="middle" fill="red" font-size="10">{bad}/{} {what}</text>"#,
             x0 + cw / 2.0,
             y1 - 6.0,
-            sq.bad,
             sq.cells
         );
     }
