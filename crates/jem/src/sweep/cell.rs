@@ -181,6 +181,12 @@ impl Sweep {
         if let Ok(state) = load_state(&dir) {
             (r.steps, r.recoveries) = (state.step, state.recoveries);
         }
+        if r.status == CellStatus::GaveUp {
+            // The last checkpoint predates the recoveries spent after it; a cell gives up
+            // only once all of them are.
+            let max = self.spec.config(&cell).map_or(0, |c| c.recovery.max_recoveries);
+            r.recoveries = r.recoveries.max(max);
+        }
         r.ms_per_step = median_step_ms(&dir.join(files::METRICS)).ok().flatten();
         let text = serde_json::to_string_pretty(&r).expect("cell results serialise");
         write_atomic(&self.result_path(&cell), text.as_bytes())?;
