@@ -184,7 +184,10 @@ impl Sweep {
         if r.status == CellStatus::GaveUp {
             // The last checkpoint predates the recoveries spent after it; a cell gives up
             // only once all of them are.
-            let max = self.spec.config(&cell).map_or(0, |c| c.recovery.max_recoveries);
+            let max = self
+                .spec
+                .config(&cell)
+                .map_or(0, |c| c.recovery.max_recoveries);
             r.recoveries = r.recoveries.max(max);
         }
         r.ms_per_step = median_step_ms(&dir.join(files::METRICS)).ok().flatten();
