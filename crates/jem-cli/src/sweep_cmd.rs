@@ -324,10 +324,9 @@ fn status(dir: &Path) -> Result<()> {
     for (cell, row) in sweep.cells().iter().zip(&rows) {
         let settings: Vec<String> = sweep
             .spec()
-            .axes
+            .labels(cell)
             .iter()
-            .zip(&cell.at)
-            .map(|(a, &j)| format!("{}={}", a.key, a.labels[j]))
+            .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let acc = row
             .result

@@ -119,13 +119,7 @@ impl Dataset {
                 }
             }
         }
-        if aug.noise_std > 0.0 {
-            let mut noise = vec![0.0f32; images.len()];
-            rng.fill_normal(&mut noise, aug.noise_std);
-            for (v, e) in images.iter_mut().zip(noise) {
-                *v += e;
-            }
-        }
+        add_noise(&mut images, aug.noise_std, rng);
         Batch {
             images,
             labels: indices.iter().map(|&i| self.labels[i] as usize).collect(),
@@ -141,15 +135,20 @@ impl Dataset {
             .iter()
             .flat_map(|&i| self.image(i).iter().copied())
             .collect(); // [b, c, h, w]
-        if aug.noise_std > 0.0 {
-            let mut noise = vec![0.0f32; plain.len()];
-            rng.fill_normal(&mut noise, aug.noise_std);
-            for (v, e) in plain.iter_mut().zip(noise) {
-                *v += e;
-            }
-        }
+        add_noise(&mut plain, aug.noise_std, rng);
         batch.plain = Some(plain);
         batch
+    }
+}
+
+/// Add Gaussian data noise of standard deviation `std` (none at 0), drawn from `rng`.
+fn add_noise(images: &mut [f32], std: f32, rng: &mut Rng) {
+    if std > 0.0 {
+        let mut noise = vec![0.0f32; images.len()];
+        rng.fill_normal(&mut noise, std);
+        for (v, e) in images.iter_mut().zip(noise) {
+            *v += e;
+        }
     }
 }
 

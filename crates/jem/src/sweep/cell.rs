@@ -151,13 +151,7 @@ impl Sweep {
             index: cell.index,
             name: cell.name.clone(),
             seed: cell.seed,
-            settings: self
-                .spec
-                .axes
-                .iter()
-                .zip(&cell.at)
-                .map(|(a, &j)| (a.key.clone(), a.labels[j].clone()))
-                .collect(),
+            settings: self.spec.labels(&cell),
             status: CellStatus::Finished,
             error: None,
             steps: 0,

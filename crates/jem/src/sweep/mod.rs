@@ -169,6 +169,15 @@ impl SweepSpec {
             .collect()
     }
 
+    /// The values of `cell` as they were written: `(key, value)` per axis.
+    pub fn labels(&self, cell: &Cell) -> Vec<(String, String)> {
+        self.axes
+            .iter()
+            .zip(&cell.at)
+            .map(|(a, &i)| (a.key.clone(), a.labels[i].clone()))
+            .collect()
+    }
+
     /// The config `cell` trains with.
     pub fn config(&self, cell: &Cell) -> Result<TrainConfig, ConfigError> {
         let mut cfg = apply(&self.base, &self.settings(cell))?;

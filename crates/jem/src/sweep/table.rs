@@ -85,10 +85,13 @@ impl Sweep {
         self.cells
             .iter()
             .map(|c| {
-                Ok(Row {
-                    status: self.status(c)?,
-                    result: self.result(c)?,
-                })
+                // A saved outcome is the status; only a cell without one needs `status`.
+                let result = self.result(c)?;
+                let status = match &result {
+                    Some(r) => r.status,
+                    None => self.status(c)?,
+                };
+                Ok(Row { status, result })
             })
             .collect()
     }
@@ -135,13 +138,7 @@ impl Sweep {
         for (cell, row) in self.cells.iter().zip(rows) {
             let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
             let mut f: Vec<String> = vec![cell.name.clone(), cell.seed.to_string()];
-            f.extend(
-                self.spec
-                    .axes
-                    .iter()
-                    .zip(&cell.at)
-                    .map(|(a, &j)| a.labels[j].clone()),
-            );
+            f.extend(self.spec.labels(cell).into_iter().map(|(_, v)| v));
             f.push(row.status.name().into());
             let r = row.result.as_ref();
             f.push(num(r.and_then(|r| r.accuracy)));
