@@ -35,6 +35,11 @@ struct Cli {
     /// Compute threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Compute device: auto, cpu, wgpu, wgpu:N, wgpu:cpu (software Vulkan), vulkan[:N],
+    /// cuda[:N]. Default: a run's `device` when training, else auto (JEM_DEVICE, else the first
+    /// GPU backend built in, else the CPU).
+    #[arg(long, global = true, value_name = "DEVICE")]
+    device: Option<jem::config::DeviceSpec>,
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -126,9 +131,15 @@ fn run(cli: Cli) -> Result<()> {
         .num_threads(threads)
         .build_global()
         .context("setting up the compute threads")?;
-    let device = jem::default_device();
+    if let Command::Train(a) = cli.command {
+        return train(*a, cli.device);
+    }
+    let device = match cli.device {
+        Some(spec) => spec.open()?,
+        None => jem::default_device(),
+    };
     match cli.command {
-        Command::Train(a) => train(*a, &device),
+        Command::Train(_) => unreachable!("handled above"),
         Command::Eval(EvalCommand::Accuracy(a)) => eval_accuracy(a, &device),
         Command::Eval(EvalCommand::Calibration(a)) => eval_calibration(a, &device),
         Command::Eval(EvalCommand::Ood(a)) => eval_ood(a, &device),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use jem::config::TrainConfig;
+use jem::config::{DeviceSpec, TrainConfig};
 use jem::data::DatasetKind;
 use jem::init::ChainInit;
 use jem::loss::{Objective, PxData};
@@ -59,6 +59,10 @@ pub(crate) struct TrainArgs {
     /// Bound on the run's total steps (counted over the whole run, also after --resume).
     #[arg(long)]
     pub(crate) max_steps: Option<u64>,
+    /// Data parallel over these devices, comma-separated (e.g. wgpu:0,wgpu:1): each computes
+    /// an equal share of every batch and of the SGLD chains; the first is the run's device.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub(crate) devices: Option<Vec<DeviceSpec>>,
     /// Epochs.
     #[arg(long)]
     pub(crate) epochs: Option<u64>,
@@ -208,6 +212,7 @@ impl TrainArgs {
             c.schedule.max_steps = Some(v)
         });
         value(o, "--epochs", &self.epochs, |c, v| c.schedule.epochs = v);
+        value(o, "--devices", &self.devices, |c, v| c.devices = v);
         value(o, "--lr", &self.lr, |c, v| c.optim.lr = v);
         value(o, "--sam-rho", &self.sam_rho, |c, v| c.optim.sam_rho = v);
         value(o, "--warmup-steps", &self.warmup_steps, |c, v| {
@@ -402,11 +407,22 @@ impl Observer for Progress {
     }
 }
 
-pub(crate) fn train(args: TrainArgs, device: &jem::Device) -> Result<()> {
+/// Train as `args` say, on `device` (`--device`) or else the device of the run's config.
+pub(crate) fn train(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     let mut trainer = match &args.resume {
         Some(dir) => {
             args.check_resume(dir)?;
-            Trainer::resume(dir, device, |c| args.apply(c))?
+            let saved = TrainConfig::load_run(dir)?;
+            let spec = match (&args.devices, device) {
+                (Some(list), _) => list[0],
+                (None, Some(spec)) => spec,
+                (None, None) => saved.devices.first().copied().unwrap_or(saved.device),
+            };
+            let device = spec.open()?;
+            Trainer::resume(dir, &device, |c| {
+                args.apply(c);
+                c.device = spec;
+            })?
         }
         None => {
             let mut cfg = match (&args.config, &args.recipe) {
@@ -415,12 +431,19 @@ pub(crate) fn train(args: TrainArgs, device: &jem::Device) -> Result<()> {
                 (None, None) => TrainConfig::default(),
             };
             args.apply(&mut cfg);
+            if let Some(spec) = device {
+                cfg.device = spec;
+            }
+            if let Some(&first) = cfg.devices.first() {
+                cfg.device = first;
+            }
             cfg.validate()?;
             let out = args
                 .out
                 .as_ref()
                 .expect("clap requires --out without --resume");
-            Trainer::create(cfg, out, device)?
+            let device = cfg.device.open()?;
+            Trainer::create(cfg, out, &device)?
         }
     };
     let bar = (!args.quiet).then(|| {

@@ -339,6 +339,11 @@ fn bad_input_is_a_clear_error() {
             "sgld.precision",
         ),
         (vec!["--sgld-precision", "half"], "half"),
+        // A backend this binary lacks names the Cargo feature; a misspelt device the spellings.
+        (vec!["--device", "cuda:1"], "--features cuda"),
+        (vec!["--device", "gpu"], "expected auto, cpu"),
+        // Data parallel needs equal shares of the batch.
+        (vec!["--devices", "cpu,cpu,cpu"], "schedule.batch_size"),
     ];
     for (i, (extra, want)) in cases.into_iter().enumerate() {
         let out = tmp.path().join(format!("r{i}"));

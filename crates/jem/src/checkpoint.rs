@@ -67,6 +67,10 @@ pub struct RunState {
     /// `|loss|` of the last (up to 50) steps, the baseline of the loss-spike watch.
     #[serde(default)]
     pub recent_losses: Vec<f64>,
+    /// The device the run last trained on ([`crate::device::describe`]; unset in runs of
+    /// earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 fn one_f64() -> f64 {
@@ -90,6 +94,7 @@ impl RunState {
             sgld_scale: 1.0,
             extra_sgld_steps: 0,
             recent_losses: Vec::new(),
+            device: None,
         }
     }
 }

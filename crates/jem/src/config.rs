@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::buffer::BufferConfig;
 use crate::checkpoint::{self, files};
 pub use crate::data::DataConfig;
+pub use crate::device::DeviceSpec;
 pub use crate::error::ConfigError;
 use crate::error::Error;
 use crate::loss::{LossConfig, Objective};
@@ -63,6 +64,8 @@ pub const RESUME_MAY_CHANGE: &[&str] = &[
     "sgld",
     "recovery",
     "data.augment",
+    "device",
+    "devices",
 ];
 
 /// Everything that defines a training run.
@@ -87,6 +90,14 @@ pub struct TrainConfig {
     pub recovery: RecoveryConfig,
     /// The one seed of every random generator of the run.
     pub seed: u64,
+    /// Where the run computes (`auto`, `cpu`, `wgpu`, `wgpu:cpu`, `vulkan`, `cuda:N`; see
+    /// [`crate::device`]). `--device` overrides it; a run may move to another device when it
+    /// is resumed.
+    pub device: DeviceSpec,
+    /// Data parallel: train on these devices at once (`--devices wgpu:0,wgpu:1`), each
+    /// computing an equal share of every batch and of the SGLD chains (empty: `device`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpec>,
 }
 
 impl TrainConfig {
@@ -196,6 +207,42 @@ impl TrainConfig {
             }
             self.buffer
                 .validate(self.data.dataset.num_classes(), self.sgld.chains_for(batch))?;
+        }
+        self.validate_devices()
+    }
+
+    /// Data parallel needs shares of equal size and a step it can split.
+    fn validate_devices(&self) -> Result<(), ConfigError> {
+        let k = self.devices.len();
+        if k < 2 {
+            return Ok(());
+        }
+        let field = |f: &str, why: String| Err(ConfigError::field(f, why));
+        if self.loss.objective == Objective::Lsd {
+            return field(
+                "devices",
+                "the Stein objective (lsd) trains on one device".into(),
+            );
+        }
+        if self.optim.sam_rho > 0.0 {
+            return field(
+                "devices",
+                "SAM (optim.sam_rho > 0) trains on one device".into(),
+            );
+        }
+        let batch = self.schedule.batch_size;
+        if batch % k != 0 {
+            return field(
+                "schedule.batch_size",
+                format!("{batch} does not split into {k} equal shares (one per device)"),
+            );
+        }
+        let chains = self.sgld.chains_for(batch);
+        if self.loss.needs_sampling() && chains % k != 0 {
+            return field(
+                "sgld.chains",
+                format!("{chains} chains do not split into {k} equal shares (one per device)"),
+            );
         }
         Ok(())
     }

@@ -11,6 +11,7 @@
 use burn::prelude::*;
 
 use crate::cnn_cpu::{self, CnnKernel, HostTarget};
+use crate::device::DeviceSpec;
 use crate::energy::{self, Target};
 use crate::error::ConfigError;
 use crate::model::{Classifier, ModelConfig};
@@ -155,27 +156,16 @@ fn host_target(labels: &Option<Vec<usize>>) -> HostTarget<'_> {
     }
 }
 
-/// The device jem computes on by default: the first GPU backend compiled in (`cuda`, then
-/// `vulkan`/`wgpu`), else the CPU `flex` backend. The `JEM_DEVICE` environment variable
-/// (`cpu`, `cuda`, `vulkan`, `wgpu`) picks one explicitly.
+/// The device jem computes on when none is named: [`DeviceSpec::Auto`] (`JEM_DEVICE`, else
+/// the first GPU backend compiled in, else the CPU). Where that device cannot be opened it
+/// says why in the log and falls back to the CPU; use [`DeviceSpec::open`] for the error.
 pub fn default_device() -> Device {
-    let wanted = std::env::var("JEM_DEVICE").unwrap_or_default();
-    match wanted.as_str() {
-        #[cfg(feature = "cuda")]
-        "cuda" | "" => return Device::cuda(0),
-        #[cfg(feature = "vulkan")]
-        "vulkan" | "" => return Device::vulkan(Default::default()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" | "" => return Device::wgpu(Default::default()),
-        _ => {}
-    }
-    #[cfg(feature = "flex")]
-    {
-        Device::flex()
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        Device::default()
+    match DeviceSpec::Auto.open() {
+        Ok(device) => device,
+        Err(e) => {
+            tracing::warn!("{e}; computing on the CPU");
+            DeviceSpec::Cpu.open().unwrap_or_default()
+        }
     }
 }
 

@@ -225,6 +225,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A device that this binary cannot open (its backend not compiled in, no adapter, ...).
+    #[error("device `{device}`: {reason}")]
+    Device {
+        /// The device asked for (`--device`, `device` in the config, or `JEM_DEVICE`).
+        device: String,
+        /// Why it cannot be opened, and what to install or set.
+        reason: String,
+    },
     /// A model that cannot be written in an export format.
     #[error("export: {0}")]
     Export(String),

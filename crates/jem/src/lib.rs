@@ -43,8 +43,10 @@ pub mod tensor_file;
 
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod image;
 pub mod metrics;
+pub mod weights;
 
 pub mod buffer;
 pub mod energy;

@@ -34,6 +34,7 @@ use crate::energy::logsumexp;
 use crate::error::ConfigError;
 use crate::model::{Classifier, LEAKY_SLOPE};
 use crate::optim::Optimizer;
+use crate::rng::Rng;
 
 /// Settings of `--objective lsd`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -106,14 +107,9 @@ impl LsdConfig {
         Ok(())
     }
 
-    /// Build the critic for images with `channels` channels.
-    pub fn init_critic(&self, channels: usize, device: &Device) -> Critic {
-        let _guard = crate::rng::rng_lock();
-        self.init_critic_unlocked(channels, device)
-    }
-
-    /// [`LsdConfig::init_critic`] for a caller that holds [`crate::rng::rng_lock`].
-    pub(crate) fn init_critic_unlocked(&self, channels: usize, device: &Device) -> Critic {
+    /// Build the critic for images with `channels` channels, its initial weights drawn
+    /// from `rng` on the host ([`crate::weights`]).
+    pub fn init_critic(&self, channels: usize, device: &Device, rng: &mut Rng) -> Critic {
         let mut convs = Vec::with_capacity(self.critic_widths.len() + 1);
         let mut cin = channels;
         for &w in self.critic_widths.iter().chain(std::iter::once(&channels)) {
@@ -124,7 +120,8 @@ impl LsdConfig {
             );
             cin = w;
         }
-        let critic = Critic { convs };
+        let critic = crate::weights::draw_on_host(Critic { convs }, rng)
+            .expect("the critic's layers have a host initialisation (tested)");
         crate::model::materialize(&critic);
         critic
     }

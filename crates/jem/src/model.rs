@@ -14,6 +14,7 @@ use burn::tensor::activation::leaky_relu;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::rng::Rng;
 
 /// Negative slope of every LeakyReLU.
 pub const LEAKY_SLOPE: f64 = 0.2;
@@ -173,14 +174,14 @@ impl ModelConfig {
     }
 
     /// Build the network for images with `in_channels` channels and `num_classes` outputs,
-    /// its weights drawn from `device`'s generator as it stands.
+    /// with the initial weights of seed 0 (for a model whose weights are loaded next).
     pub fn init(&self, in_channels: usize, num_classes: usize, device: &Device) -> Classifier {
-        let _guard = crate::rng::rng_lock();
-        self.init_unlocked(in_channels, num_classes, device)
+        self.init_seeded(in_channels, num_classes, device, 0)
     }
 
-    /// [`ModelConfig::init`] after seeding `device`'s generator with `seed`, both under one
-    /// lock: the same seed gives the same weights whatever other threads do.
+    /// Build the network with the initial weights of `seed`, drawn on the host from jem's
+    /// own generator ([`crate::weights`]): the same seed gives the same weights on every
+    /// device and whatever other threads do.
     pub fn init_seeded(
         &self,
         in_channels: usize,
@@ -188,17 +189,17 @@ impl ModelConfig {
         device: &Device,
         seed: u64,
     ) -> Classifier {
-        let _guard = crate::rng::rng_lock();
-        device.seed(seed);
-        self.init_unlocked(in_channels, num_classes, device)
+        let mut rng = Rng::new(seed, crate::weights::WEIGHT_STREAM);
+        self.init_with(in_channels, num_classes, device, &mut rng)
     }
 
-    /// [`ModelConfig::init`] for a caller that holds [`crate::rng::rng_lock`].
-    pub(crate) fn init_unlocked(
+    /// Build the network with initial weights drawn from `rng` on the host.
+    pub fn init_with(
         &self,
         in_channels: usize,
         num_classes: usize,
         device: &Device,
+        rng: &mut Rng,
     ) -> Classifier {
         let model = match self {
             ModelConfig::Cnn { widths, strides } => Classifier::Cnn(Cnn::new(
@@ -223,6 +224,8 @@ impl ModelConfig {
                 device,
             )),
         };
+        let model = crate::weights::draw_on_host(model, rng)
+            .expect("every layer of jem's models has a host initialisation (tested)");
         materialize(&model);
         model
     }

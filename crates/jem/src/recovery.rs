@@ -171,6 +171,7 @@ impl DivergenceMonitor {
             lr_scale: current.lr_scale * r.lr_factor,
             sgld_scale: current.sgld_scale * r.sgld_step_factor,
             extra_sgld_steps: current.extra_sgld_steps + r.extra_sgld_steps,
+            device: current.device.clone(),
             ..restored
         }
     }

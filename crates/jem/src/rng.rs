@@ -5,14 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// burn's random generator belongs to the device and is shared by every thread of the
-/// process: whoever seeds it or draws initial weights from it holds this lock, so that a seed
-/// always gives the same weights even while other threads build models.
-pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A small, fast, serialisable pseudo-random generator (xoshiro256++).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rng {

@@ -66,6 +66,8 @@ pub struct Trainer {
     cfg: TrainConfig,
     dir: PathBuf,
     device: Device,
+    /// Data parallel: every device of the run, `device` first (empty on one device).
+    devices: Vec<Device>,
     engine: Engine,
     model: Classifier,
     optim: Optimizer,
@@ -119,10 +121,46 @@ fn critic_optim_config(cfg: &TrainConfig) -> OptimConfig {
     }
 }
 
+/// Record in `state` the device the run goes on on, saying so when it is another than the
+/// one it last trained on (a run moves between devices freely: its files are the same).
+fn note_device(state: &mut RunState, device: &Device, dir: &Path) {
+    let now = crate::device::describe(device);
+    if let Some(before) = state.device.as_deref().filter(|b| *b != now) {
+        tracing::info!(
+            dir = %dir.display(),
+            step = state.step,
+            "resuming on {now} a run last trained on {before}"
+        );
+    }
+    state.device = Some(now);
+}
+
+/// The (autodiff) devices of a data-parallel run: `device`, then `devices[1..]` of the config
+/// opened here; empty for a run on one device.
+fn parallel_devices(cfg: &TrainConfig, device: &Device) -> Result<Vec<Device>> {
+    if cfg.devices.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let mut v = vec![device.clone().autodiff()];
+    for spec in &cfg.devices[1..] {
+        v.push(spec.open()?.autodiff());
+    }
+    tracing::info!(
+        devices = %cfg.devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","),
+        "data parallel"
+    );
+    Ok(v)
+}
+
 /// A fresh critic, if the objective needs one.
-fn new_critic(cfg: &TrainConfig, channels: usize, device: &Device) -> Option<CriticState> {
+fn new_critic(
+    cfg: &TrainConfig,
+    channels: usize,
+    device: &Device,
+    rng: &mut Rng,
+) -> Option<CriticState> {
     (cfg.loss.objective == Objective::Lsd).then(|| CriticState {
-        critic: cfg.loss.lsd.init_critic(channels, device),
+        critic: cfg.loss.lsd.init_critic(channels, device, rng),
         optim: Optimizer::new(&critic_optim_config(cfg)),
     })
 }
@@ -160,7 +198,7 @@ fn load_checkpoint(
     } else {
         None
     };
-    let critic = match new_critic(cfg, train.shape[0], device) {
+    let critic = match new_critic(cfg, train.shape[0], device, &mut Rng::new(0, 0)) {
         Some(fresh) => Some(CriticState {
             critic: crate::tensor_file::load_model(
                 fresh.critic,
@@ -217,7 +255,11 @@ fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
 
 /// The engine a run's config asks for on `device`, with its chains' precision checked.
 fn engine_for(cfg: &TrainConfig, device: &Device) -> Result<Engine> {
-    let engine = Engine::for_config(&cfg.model, device);
+    let engine = if cfg.devices.len() > 1 {
+        Engine::Autodiff
+    } else {
+        Engine::for_config(&cfg.model, device)
+    };
     if cfg.loss.needs_sampling() {
         engine.check_chains(cfg.sgld.precision)?;
     }
@@ -229,6 +271,7 @@ impl Trainer {
     pub fn create(cfg: TrainConfig, dir: &Path, device: &Device) -> Result<Self> {
         cfg.validate()?;
         let engine = engine_for(&cfg, device)?;
+        let devices = parallel_devices(&cfg, device)?;
         if dir.exists()
             && std::fs::read_dir(dir)
                 .map_err(|e| Error::io(dir, e))?
@@ -240,21 +283,15 @@ impl Trainer {
         let (train, valid) = load_data(&cfg)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let device = device.clone().autodiff();
-        // Seed and draw the initial weights under one lock (see `crate::rng::rng_lock`).
-        let (model, critic) = {
-            let _guard = crate::rng::rng_lock();
-            device.seed(cfg.seed);
-            let model = cfg.model.init_unlocked(
-                train.shape[0],
-                cfg.model_outputs(train.num_classes),
-                &device,
-            );
-            let critic = (cfg.loss.objective == Objective::Lsd).then(|| CriticState {
-                critic: cfg.loss.lsd.init_critic_unlocked(train.shape[0], &device),
-                optim: Optimizer::new(&critic_optim_config(&cfg)),
-            });
-            (model, critic)
-        };
+        // The initial weights (model, then critic) from the seed alone, drawn on the host.
+        let mut weights = Rng::new(cfg.seed, crate::weights::WEIGHT_STREAM);
+        let model = cfg.model.init_with(
+            train.shape[0],
+            cfg.model_outputs(train.num_classes),
+            &device,
+            &mut weights,
+        );
+        let critic = new_critic(&cfg, train.shape[0], &device, &mut weights);
         let mut rng = Rng::new(cfg.seed, 1);
         let start = chain_start(&cfg, &train, &device)?;
         let buffer = cfg.loss.needs_sampling().then(|| {
@@ -269,18 +306,23 @@ impl Trainer {
         crate::tensor_file::write_atomic(&dir.join(files::CONFIG), cfg.to_toml().as_bytes())?;
         let log = MetricsLog::create(&dir.join(files::METRICS))?;
         let sampler = BatchSampler::new(train.len(), cfg.schedule.batch_size, cfg.seed);
+        let device_name = crate::device::describe(&device);
         let mut t = Trainer {
             optim: Optimizer::new(&cfg.optim),
             monitor: DivergenceMonitor::new(cfg.recovery.clone()),
             cfg,
             dir: dir.to_path_buf(),
             device,
+            devices,
             engine,
             model,
             buffer,
             start,
             critic,
-            state: RunState::new(rng),
+            state: RunState {
+                device: Some(device_name),
+                ..RunState::new(rng)
+            },
             train,
             valid,
             sampler,
@@ -308,7 +350,9 @@ impl Trainer {
         cfg.validate()?;
         cfg.check_resume(&saved)?;
         let engine = engine_for(&cfg, device)?;
+        let devices = parallel_devices(&cfg, device)?;
         let mut state = checkpoint::settle(dir)?;
+        note_device(&mut state, device, dir);
         let (train, valid) = load_data(&cfg)?;
         let device = device.clone().autodiff();
         let start = chain_start(&cfg, &train, &device)?;
@@ -341,6 +385,7 @@ impl Trainer {
             cfg,
             dir: dir.to_path_buf(),
             device,
+            devices,
             engine,
             model,
             optim,
@@ -576,7 +621,7 @@ impl Trainer {
             rng: &mut self.state.rng,
             device: &self.device,
         };
-        let out = step::iteration(self.model.clone(), inputs);
+        let out = step::iteration_on(self.model.clone(), inputs, &self.devices);
         let flagged = match &out {
             Ok((_, m)) => self.monitor.watch(m, &self.state),
             Err(d) => Some(d.clone()),

@@ -8,7 +8,14 @@ use std::path::Path;
 /// Bottom to top; a module may import from its own layer or one below.
 const LAYERS: &[&[&str]] = &[
     &["error", "rng", "tensor_file"],
-    &["checkpoint", "data", "image", "metrics"],
+    &[
+        "checkpoint",
+        "data",
+        "device",
+        "image",
+        "metrics",
+        "weights",
+    ],
     &[
         "model", "energy", "sgld", "init", "loss", "lsd", "optim", "buffer", "recovery", "schedule",
     ],

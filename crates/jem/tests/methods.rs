@@ -78,7 +78,7 @@ fn the_finite_difference_hutchinson_term_matches_v_j_v_exactly() {
     let cfg = jem::lsd::LsdConfig::default();
     let d = ad();
     d.seed(4);
-    let critic = cfg.init_critic(1, &d);
+    let critic = cfg.init_critic(1, &d, &mut jem::rng::Rng::new(0, 0));
     let dims = [3, 1, 28, 28];
     let x = tensor(random(3 * 784, 5, 0.5), dims, &d);
     let v = tensor(random(3 * 784, 6, 1.0), dims, &d);
@@ -456,7 +456,10 @@ fn the_stein_critic_learns_to_raise_the_discrepancy() {
     let mut model = cfg.model.init_seeded(1, 10, &d, 1);
     let mut optim = jem::optim::Optimizer::new(&cfg.optim);
     let mut critic = jem::lsd::CriticState {
-        critic: cfg.loss.lsd.init_critic(1, &d),
+        critic: cfg
+            .loss
+            .lsd
+            .init_critic(1, &d, &mut jem::rng::Rng::new(1, 0)),
         optim: jem::optim::Optimizer::new(&cfg.optim),
     };
     let idx: Vec<usize> = (0..16).collect();

@@ -251,3 +251,64 @@ fn sam_moves_the_weights_by_rho_along_the_gradient() {
         }
     }
 }
+
+/// Initial weights come from the seed alone, drawn on the host ([`jem::weights`]): the same
+/// seed gives the same weights (on any device: `tests/wgpu_device.rs`), another seed others,
+/// and each layer follows burn's own default distribution (uniform within `1/sqrt(fan_in)`,
+/// standard deviation `1/sqrt(3 fan_in)`), which the weights of burn's generator also follow.
+#[test]
+fn initial_weights_are_drawn_on_the_host_from_burns_default_distribution() {
+    use burn::module::{Module, ModuleVisitor, Param};
+    struct Layers(Vec<(Vec<usize>, Vec<f32>)>);
+    impl ModuleVisitor for Layers {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let v = p.val();
+            self.0.push((
+                v.dims().to_vec(),
+                v.into_data().try_to_vec::<f32>().unwrap(),
+            ));
+        }
+    }
+    let layers = |m: &jem::model::Classifier| {
+        let mut l = Layers(Vec::new());
+        m.visit(&mut l);
+        l.0
+    };
+    let d = Device::flex();
+    let cfg = ModelConfig::cnn(vec![16, 32]);
+    let a = layers(&cfg.init_seeded(1, 10, &d, 5));
+    assert_eq!(a, layers(&cfg.init_seeded(1, 10, &d.clone().autodiff(), 5)));
+    assert_ne!(a, layers(&cfg.init_seeded(1, 10, &d, 6)));
+    // burn's own draw of the same layers, from its generator.
+    let burn_conv = burn::nn::conv::Conv2dConfig::new([16, 32], [3, 3]).init(&d);
+    let b: Vec<f32> = burn_conv.weight.val().into_data().try_to_vec().unwrap();
+    let std = |v: &[f32]| {
+        let m = v.iter().sum::<f32>() / v.len() as f32;
+        (v.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / v.len() as f32).sqrt()
+    };
+    let mut fan_in = 1;
+    for (dims, v) in &a {
+        if dims.len() > 1 {
+            fan_in = if dims.len() == 4 {
+                dims[1..].iter().product()
+            } else {
+                dims[0]
+            };
+        }
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        assert!(
+            v.iter().all(|x| x.abs() <= bound),
+            "{dims:?} beyond {bound}"
+        );
+        if v.len() >= 1000 {
+            let want = bound / 3f32.sqrt();
+            assert!(
+                (std(v) / want - 1.0).abs() < 0.05,
+                "{dims:?}: std {}",
+                std(v)
+            );
+        }
+    }
+    let (_, host_conv) = &a[2];
+    assert!((std(host_conv) / std(&b) - 1.0).abs() < 0.05);
+}

@@ -6,10 +6,12 @@
 //! dispatches once on the objective and the compute engine: the CPU kernel of the CNN
 //! (`step/kernel.rs`: the loss and its gradient in the logits in closed form, weight gradients
 //! by GEMM) or burn's autodiff (`step/autodiff.rs`); both give the same step up to float rounding.
+//! [`iteration_on`] runs it data parallel over several devices (`step/parallel.rs`).
 
 mod autodiff;
 mod kernel;
 mod lsd;
+mod parallel;
 
 use std::time::Instant;
 
@@ -26,7 +28,7 @@ use crate::metrics::{Divergence, StepMetrics};
 use crate::model::Classifier;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
-use crate::sgld::Precision;
+use crate::sgld::{Precision, SgldConfig, SgldOutput};
 
 /// What one iteration reads, and the state it updates besides the model.
 pub struct StepInputs<'a> {
@@ -71,7 +73,18 @@ pub fn iteration(model: Classifier, mut inputs: StepInputs) -> StepResult {
             .expect("an lsd run always has a critic");
         return lsd::iteration(model, &mut inputs, critic, t0);
     }
-    let chains = sample_chains(&model, &mut inputs);
+    let (engine, k, inner) = (
+        inputs.engine,
+        inputs.num_classes,
+        inputs.device.clone().inner(),
+    );
+    let chains = sample_chains(&mut inputs, &mut |start, ys, params, rng| {
+        let target = match ys {
+            Some(ys) => Target::Joint(one_hot(ys, k, &inner)),
+            None => Target::Marginal,
+        };
+        engine.sgld(&model, start, &target, params, rng)
+    });
     let mut out = match inputs.engine.kernel(&model, Precision::F32) {
         Some(kernel) => kernel::iteration(model, &mut inputs, kernel, &chains),
         None => autodiff::iteration(model, &mut inputs, &chains),
@@ -83,6 +96,33 @@ pub fn iteration(model: Classifier, mut inputs: StepInputs) -> StepResult {
     }
     out
 }
+
+/// [`iteration`] data parallel over `devices` (autodiff devices, the first the model's and
+/// `inputs.device`): each computes its share of the batch and of the chains, and the averaged
+/// gradients make one optimiser step. One device is [`iteration`] itself. The shares must be
+/// equal ([`TrainConfig::validate`] checks `schedule.batch_size` and `sgld.chains`); the Stein
+/// objective and SAM run on one device only.
+pub fn iteration_on(model: Classifier, mut inputs: StepInputs, devices: &[Device]) -> StepResult {
+    if devices.len() <= 1 {
+        return iteration(model, inputs);
+    }
+    let t0 = Instant::now();
+    let models = parallel::models_for(&model, devices);
+    let k = inputs.num_classes;
+    let chains = sample_chains(&mut inputs, &mut |start, ys, params, rng| {
+        parallel::sharded_sgld(&models, devices, start, ys, k, params, rng)
+    });
+    let mut out = parallel::iteration(model, &models, devices, &mut inputs, &chains);
+    if let Ok((_, m)) = &mut out {
+        m.sgld_grad_norm = chains.grad_norm;
+        m.n_reinit = chains.n_reinit;
+        m.ms = t0.elapsed().as_secs_f64() * 1e3;
+    }
+    out
+}
+
+/// Runs SGLD from a start (`[m, c, h, w]`) for the classes given (`None`: `log p(x)`).
+type Sampler<'a> = dyn FnMut(Tensor<4>, Option<&[usize]>, &SgldConfig, &mut Rng) -> SgldOutput + 'a;
 
 /// The inputs of the loss: the data batch, then its plain copies (JEM with
 /// [`crate::loss::PxData::Plain`]), then the `log p(x)` chains, then the `log p(x, y)`
@@ -106,7 +146,7 @@ struct Chains {
 
 /// Draw chains from the buffer, run them, store them back: JEM by its weights; IGEBM one
 /// kind, conditional with a conditional buffer.
-fn sample_chains(model: &Classifier, inputs: &mut StepInputs) -> Chains {
+fn sample_chains(inputs: &mut StepInputs, sgld: &mut Sampler) -> Chains {
     let (cfg, batch) = (inputs.cfg, inputs.batch);
     let b = batch.labels.len();
     let [c, h, w] = inputs.shape;
@@ -155,13 +195,7 @@ fn sample_chains(model: &Classifier, inputs: &mut StepInputs) -> Chains {
         let start =
             Tensor::<4>::from_data(TensorData::new(draw.start.clone(), [m, c, h, w]), &inner);
         let ys = draw.labels.as_deref().or(labels);
-        let target = match ys {
-            Some(ys) => Target::Joint(one_hot(ys, inputs.num_classes, &inner)),
-            None => Target::Marginal,
-        };
-        let s = inputs
-            .engine
-            .sgld(model, start, &target, &cfg.sgld, inputs.rng);
+        let s = sgld(start, ys, &cfg.sgld, inputs.rng);
         let values: Vec<f32> = s
             .samples
             .to_data()

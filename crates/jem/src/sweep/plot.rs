@@ -94,6 +94,22 @@ impl Dim {
 
 /// The heat map of `metric` over the axes `x` and `y` of `sweep` (either may be `seed`).
 pub fn heatmap(sweep: &Sweep, x: &str, y: &str, metric: &str) -> Result<Heatmap> {
+    let outcomes = sweep
+        .cells()
+        .iter()
+        .map(|c| sweep.result(c))
+        .collect::<Result<Vec<_>>>()?;
+    heatmap_of(sweep, &outcomes, x, y, metric)
+}
+
+/// [`heatmap`] from the cells' outcomes, read once (in the order of `sweep.cells()`).
+fn heatmap_of(
+    sweep: &Sweep,
+    outcomes: &[Option<CellResult>],
+    x: &str,
+    y: &str,
+    metric: &str,
+) -> Result<Heatmap> {
     let (dx, dy) = (Dim::of(sweep, x)?, Dim::of(sweep, y)?);
     if dx.key == dy.key {
         return Err(Error::Sweep {
@@ -113,12 +129,12 @@ pub fn heatmap(sweep: &Sweep, x: &str, y: &str, metric: &str) -> Result<Heatmap>
     let (nx, ny) = (dx.labels.len(), dy.labels.len());
     // (sum, finished with the metric, gave up, failed, cells)
     let mut sums = vec![(0.0f64, 0usize, 0usize, 0usize, 0usize); nx * ny];
-    for cell in sweep.cells() {
+    for (cell, outcome) in sweep.cells().iter().zip(outcomes) {
         let s = &mut sums[dy.pos(sweep, cell) * nx + dx.pos(sweep, cell)];
         s.4 += 1;
-        match sweep.result(cell)? {
+        match outcome {
             Some(r) if r.status == CellStatus::Finished => {
-                if let Some(v) = metric_of(&r, metric) {
+                if let Some(v) = metric_of(r, metric) {
                     s.0 += v;
                     s.1 += 1;
                 }
@@ -288,7 +304,8 @@ fn draw(ax: &Dim, ay: &Dim, metric: &str, squares: &[Square]) -> String {
 /// An HTML page with the heat map of every metric over `x` and `y`, and the summary.
 pub fn page(sweep: &Sweep, x: &str, y: &str) -> Result<String> {
     let rows = sweep.rows()?;
-    let results: Vec<CellResult> = rows.iter().filter_map(|r| r.result.clone()).collect();
+    let outcomes: Vec<Option<CellResult>> = rows.iter().map(|r| r.result.clone()).collect();
+    let results: Vec<CellResult> = outcomes.iter().flatten().cloned().collect();
     let summary = super::summarise(&results, sweep.len());
     let mut metrics: Vec<String> = ["accuracy", "ece", "recoveries", "ms_per_step"]
         .iter()
@@ -309,7 +326,7 @@ pub fn page(sweep: &Sweep, x: &str, y: &str) -> Result<String> {
         escape(&summary.line())
     );
     for m in &metrics {
-        let map = heatmap(sweep, x, y, m)?;
+        let map = heatmap_of(sweep, &outcomes, x, y, m)?;
         let _ = write!(
             html,
             "<figure>{}<figcaption>{}</figcaption></figure>",

@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::Sweep;
 use super::cell::{CellResult, CellStatus};
-use crate::Result;
 use crate::tensor_file::write_atomic;
+use crate::{Error, Result};
 
 /// A cell of the table: its outcome, or only its status when it has none yet.
 #[derive(Clone, Debug, Serialize)]
@@ -98,7 +98,19 @@ impl Sweep {
 
     /// Write `results.csv` and `results.json` from the saved outcomes (cells without one
     /// get a row with their status only) and return the summary.
+    ///
+    /// Processes that finish cells at the same moment (a Slurm array, `--jobs`) take turns
+    /// through an exclusive lock on `DIR/.results.lock`, so that the last table written holds
+    /// every outcome saved before it, never one read before another process's outcome landed.
     pub fn write_results(&self) -> Result<Summary> {
+        let lock_path = self.dir.join(".results.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
         let rows = self.rows()?;
         let results: Vec<CellResult> = rows.iter().filter_map(|r| r.result.clone()).collect();
         let summary = summarise(&results, self.len());
