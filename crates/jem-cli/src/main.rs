@@ -151,7 +151,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve(a, &device),
         Command::Export(a) => export(a, &device),
         Command::Bench(a) => bench(a, &device, threads),
-        Command::Sweep(a) => sweep(*a, &device, threads),
+        Command::Sweep(a) => sweep(*a, &device, cli.device, threads),
         Command::Report(a) => {
             let html = jem::report::render_report(&a.run, a.baseline.as_deref())?;
             jem::tensor_file::write_atomic(&a.out, html.as_bytes())?;

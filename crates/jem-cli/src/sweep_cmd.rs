@@ -7,7 +7,7 @@ use std::process::{Child, Command};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use jem::config::TrainConfig;
+use jem::config::{DeviceSpec, TrainConfig};
 use jem::sweep::{Axis, CellStatus, Sweep, SweepSpec, parse_setting};
 
 /// Where the cells run.
@@ -101,15 +101,32 @@ struct PlotArgs {
     out: Option<PathBuf>,
 }
 
-pub(crate) fn sweep(a: SweepArgs, device: &jem::Device, threads: usize) -> Result<()> {
+/// `device` is the opened `--device` (`spec`, when given, is passed on to cell processes).
+pub(crate) fn sweep(
+    a: SweepArgs,
+    device: &jem::Device,
+    spec: Option<DeviceSpec>,
+    threads: usize,
+) -> Result<()> {
     match a.action {
         Some(SweepAction::Status { dir }) => status(&dir),
         Some(SweepAction::Plot(p)) => plot(p),
-        None => run(a.run, device, threads),
+        None => run(a.run, device, spec, threads),
     }
 }
 
-fn run(a: RunArgs, device: &jem::Device, threads: usize) -> Result<()> {
+/// `--device X` for a cell process, when one was given.
+fn device_args(spec: Option<DeviceSpec>) -> Vec<String> {
+    spec.map(|d| vec!["--device".to_string(), d.to_string()])
+        .unwrap_or_default()
+}
+
+fn run(
+    a: RunArgs,
+    device: &jem::Device,
+    device_spec: Option<DeviceSpec>,
+    threads: usize,
+) -> Result<()> {
     let Some(dir) = a.out.clone() else {
         bail!("jem sweep needs --out DIR (or a subcommand: status, plot)");
     };
@@ -132,14 +149,16 @@ fn run(a: RunArgs, device: &jem::Device, threads: usize) -> Result<()> {
         sweep.spec().seeds.len()
     );
     match a.launcher {
-        Launcher::Slurm => return submit_slurm(&sweep, a.sbatch_args.as_deref(), threads),
+        Launcher::Slurm => {
+            return submit_slurm(&sweep, a.sbatch_args.as_deref(), device_spec, threads);
+        }
         Launcher::Local if a.jobs == 1 => {
             for i in 0..sweep.len() {
                 let r = sweep.run_cell(i, device)?;
                 eprintln!("{}", cell_line(&sweep, &r));
             }
         }
-        Launcher::Local => run_parallel(&sweep, a.jobs, threads)?,
+        Launcher::Local => run_parallel(&sweep, a.jobs, device_spec, threads)?,
     }
     let summary = sweep.write_results()?;
     println!("{}", summary.line());
@@ -211,7 +230,12 @@ fn cell_line(sweep: &Sweep, r: &jem::sweep::CellResult) -> String {
 
 /// Run the cells `jobs` at a time, each in its own `jem --threads T sweep --cell I` process
 /// (the cores split between them), its output in `DIR/cells/NAME.log`.
-fn run_parallel(sweep: &Sweep, jobs: usize, threads: usize) -> Result<()> {
+fn run_parallel(
+    sweep: &Sweep,
+    jobs: usize,
+    spec: Option<DeviceSpec>,
+    threads: usize,
+) -> Result<()> {
     let exe = std::env::current_exe().context("finding the jem binary")?;
     let per = (threads / jobs).max(1);
     let todo: Vec<usize> = (0..sweep.len())
@@ -231,7 +255,9 @@ fn run_parallel(sweep: &Sweep, jobs: usize, threads: usize) -> Result<()> {
             let log = sweep.dir().join("cells").join(format!("{}.log", cell.name));
             let file = std::fs::File::create(&log).with_context(|| log.display().to_string())?;
             let child = Command::new(&exe)
-                .args(["--threads", &per.to_string(), "sweep", "--out"])
+                .args(["--threads", &per.to_string()])
+                .args(device_args(spec))
+                .args(["sweep", "--out"])
                 .arg(sweep.dir())
                 .args(["--cell", &i.to_string()])
                 .stdout(file.try_clone()?)
@@ -270,7 +296,12 @@ fn run_parallel(sweep: &Sweep, jobs: usize, threads: usize) -> Result<()> {
 }
 
 /// Write `DIR/slurm.sh` (a job array of every cell not done) and submit it with sbatch.
-fn submit_slurm(sweep: &Sweep, extra: Option<&str>, threads: usize) -> Result<()> {
+fn submit_slurm(
+    sweep: &Sweep,
+    extra: Option<&str>,
+    spec: Option<DeviceSpec>,
+    threads: usize,
+) -> Result<()> {
     let exe = std::env::current_exe().context("finding the jem binary")?;
     let todo: Vec<String> = sweep
         .cells()
@@ -285,10 +316,14 @@ fn submit_slurm(sweep: &Sweep, extra: Option<&str>, threads: usize) -> Result<()
     let dir = std::fs::canonicalize(sweep.dir())?;
     let logs = dir.join("cells").join("slurm-%A_%a.log");
     let script = format!(
-        "#!/bin/sh\n#SBATCH --job-name=jem-sweep\n#SBATCH --array={}\n#SBATCH --cpus-per-task={threads}\n#SBATCH --output={}\nexec '{}' --threads \"${{SLURM_CPUS_PER_TASK:-1}}\" sweep --out '{}' --cell \"$SLURM_ARRAY_TASK_ID\"\n",
+        "#!/bin/sh\n#SBATCH --job-name=jem-sweep\n#SBATCH --array={}\n#SBATCH --cpus-per-task={threads}\n#SBATCH --output={}\nexec '{}' --threads \"${{SLURM_CPUS_PER_TASK:-1}}\"{} sweep --out '{}' --cell \"$SLURM_ARRAY_TASK_ID\"\n",
         todo.join(","),
         logs.display(),
         exe.display(),
+        device_args(spec)
+            .iter()
+            .map(|a| format!(" {a}"))
+            .collect::<String>(),
         dir.display(),
     );
     let path = dir.join("slurm.sh");

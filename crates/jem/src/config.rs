@@ -231,14 +231,14 @@ impl TrainConfig {
             );
         }
         let batch = self.schedule.batch_size;
-        if batch % k != 0 {
+        if !batch.is_multiple_of(k) {
             return field(
                 "schedule.batch_size",
                 format!("{batch} does not split into {k} equal shares (one per device)"),
             );
         }
         let chains = self.sgld.chains_for(batch);
-        if self.loss.needs_sampling() && chains % k != 0 {
+        if self.loss.needs_sampling() && !chains.is_multiple_of(k) {
             return field(
                 "sgld.chains",
                 format!("{chains} chains do not split into {k} equal shares (one per device)"),

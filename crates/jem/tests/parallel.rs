@@ -80,8 +80,10 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn two_shares_on_one_device_give_the_step_of_the_whole_batch() {
-    let mut base = TrainConfig::default();
-    base.model = jem::model::ModelConfig::cnn(vec![8, 16]);
+    let mut base = TrainConfig {
+        model: jem::model::ModelConfig::cnn(vec![8, 16]),
+        ..TrainConfig::default()
+    };
     base.sgld.steps = 3;
     base.buffer.size = 100;
     base.optim.algorithm = Algorithm::Sgd;
@@ -122,8 +124,10 @@ fn two_shares_on_one_device_give_the_step_of_the_whole_batch() {
 
 #[test]
 fn shares_of_unequal_size_are_refused_by_field() {
-    let mut c = TrainConfig::default();
-    c.devices = vec![DeviceSpec::Cpu; 3];
+    let mut c = TrainConfig {
+        devices: vec![DeviceSpec::Cpu; 3],
+        ..TrainConfig::default()
+    };
     let e = c.validate().unwrap_err().to_string();
     assert!(
         e.contains("schedule.batch_size") && e.contains("3 equal shares"),
