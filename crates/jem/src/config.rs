@@ -96,7 +96,6 @@ pub struct TrainConfig {
     pub device: DeviceSpec,
     /// Data parallel: train on these devices at once (`--devices wgpu:0,wgpu:1`), each
     /// computing an equal share of every batch and of the SGLD chains (empty: `device`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceSpec>,
 }
 

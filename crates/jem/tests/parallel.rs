@@ -3,7 +3,10 @@
 //! average are right whatever the devices (`tests/wgpu_device.rs` runs it over the CPU and
 //! wgpu). Config validation refuses shares of unequal size by field.
 
+mod common;
+
 use burn::prelude::*;
+use common::flat;
 use jem::Engine;
 use jem::buffer::ReplayBuffer;
 use jem::config::{DeviceSpec, TrainConfig};
@@ -11,21 +14,7 @@ use jem::data::Batch;
 use jem::loss::Objective;
 use jem::optim::{Algorithm, Optimizer};
 use jem::rng::Rng;
-use jem::sgld::SamplerKind;
 use jem::step::{StepInputs, iteration_on};
-
-fn flat(m: &jem::model::Classifier) -> Vec<f32> {
-    struct P<'a>(&'a mut Vec<f32>);
-    impl burn::module::ModuleVisitor for P<'_> {
-        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
-            self.0
-                .extend(p.val().into_data().try_to_vec::<f32>().unwrap());
-        }
-    }
-    let mut v = Vec::new();
-    burn::module::Module::visit(m, &mut P(&mut v));
-    v
-}
 
 /// The parameter change of one SGD step over `shares` copies of the CPU device.
 fn step(cfg: &TrainConfig, shares: usize) -> (Vec<f32>, f64, Vec<f32>) {
@@ -87,24 +76,11 @@ fn two_shares_on_one_device_give_the_step_of_the_whole_batch() {
     base.sgld.steps = 3;
     base.buffer.size = 100;
     base.optim.algorithm = Algorithm::Sgd;
-    let mut jem = base.clone();
-    jem.buffer.conditional = true;
-    jem.loss.pxy_weight = 0.5;
-    jem.loss.lse_l2 = 0.1;
-    jem.sgld.chains = Some(8);
-    let mut pyld = base.clone();
-    pyld.sgld.sampler = SamplerKind::Pyld;
-    pyld.sgld.step_size = 0.1;
-    let mut igebm = base.clone();
-    igebm.loss.objective = Objective::Igebm;
     let mut softmax = base.clone();
     softmax.loss.objective = Objective::Softmax;
-    for (name, cfg) in [
-        ("jem", jem),
-        ("jem++", pyld),
-        ("igebm", igebm),
-        ("softmax", softmax),
-    ] {
+    let mut cases = common::parallel_cases(&base);
+    cases.push(("softmax", softmax));
+    for (name, cfg) in cases {
         let (one, l1, chain1) = step(&cfg, 1);
         let (two, l2, chain2) = step(&cfg, 2);
         let (four, _, _) = step(&cfg, 4);

@@ -17,6 +17,7 @@
 mod common;
 
 use burn::prelude::*;
+use common::flat;
 use jem::Engine;
 use jem::buffer::ReplayBuffer;
 use jem::config::TrainConfig;
@@ -40,24 +41,6 @@ fn gpu() -> Device {
 
 fn cpu() -> Device {
     Device::flex()
-}
-
-fn flat(m: &Classifier) -> Vec<f32> {
-    struct P<'a>(&'a mut Vec<f32>);
-    impl burn::module::ModuleVisitor for P<'_> {
-        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
-            self.0.extend(
-                p.val()
-                    .into_data()
-                    .convert::<f32>()
-                    .try_to_vec::<f32>()
-                    .unwrap(),
-            );
-        }
-    }
-    let mut v = Vec::new();
-    burn::module::Module::visit(m, &mut P(&mut v));
-    v
 }
 
 fn vec4(t: Tensor<4>) -> Vec<f32> {
@@ -105,19 +88,7 @@ fn one_seed_gives_the_same_weights_on_every_device() {
         assert_ne!(a, flat(&model_on(&cfg, 10, &cpu(), 4)));
     }
     let lsd = jem::lsd::LsdConfig::default();
-    let c = |d: &Device| {
-        let critic = lsd.init_critic(1, &d.clone().autodiff(), &mut Rng::new(5, 0));
-        let mut v = Vec::new();
-        struct P<'a>(&'a mut Vec<f32>);
-        impl burn::module::ModuleVisitor for P<'_> {
-            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
-                self.0
-                    .extend(p.val().into_data().try_to_vec::<f32>().unwrap());
-            }
-        }
-        burn::module::Module::visit(&critic, &mut P(&mut v));
-        v
-    };
+    let c = |d: &Device| flat(&lsd.init_critic(1, &d.clone().autodiff(), &mut Rng::new(5, 0)));
     assert_eq!(c(&cpu()), c(&gpu()));
 }
 
@@ -403,18 +374,7 @@ fn data_parallel_steps_over_two_devices_equal_the_single_device_step() {
         c.optim.algorithm = Algorithm::Sgd;
         c
     };
-    let mut jem = base.clone();
-    jem.buffer.conditional = true;
-    jem.loss.pxy_weight = 0.5;
-    jem.loss.lse_l2 = 0.1;
-    jem.sgld.chains = Some(8);
-    let mut pp = base.clone();
-    pp.sgld.sampler = SamplerKind::Pyld;
-    pp.sgld.step_size = 0.1;
-    let mut igebm = base.clone();
-    igebm.loss.objective = Objective::Igebm;
-    igebm.loss.energy_l2 = 0.5;
-    for (name, cfg) in [("jem", jem), ("jem++", pp), ("igebm", igebm)] {
+    for (name, cfg) in common::parallel_cases(&base) {
         let (single, ms) = one_step_on(&cfg, &[cpu()], false);
         let (two, mt) = one_step_on(&cfg, &[cpu(), gpu()], false);
         check(

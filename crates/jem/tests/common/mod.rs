@@ -77,3 +77,35 @@ pub fn tiny_config(data: &std::path::Path, seed: u64) -> TrainConfig {
     c.seed = seed;
     c
 }
+
+/// Every float parameter of `m`, in the module's order, flattened.
+pub fn flat<M: burn::module::Module>(m: &M) -> Vec<f32> {
+    struct P<'a>(&'a mut Vec<f32>);
+    impl burn::module::ModuleVisitor for P<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            let v = p.val().into_data().convert::<f32>();
+            self.0.extend(v.try_to_vec::<f32>().unwrap());
+        }
+    }
+    let mut v = Vec::new();
+    m.visit(&mut P(&mut v));
+    v
+}
+
+/// The methods a data-parallel step is checked on, from `base` (SGD, a few SGLD steps): JEM
+/// with p(x) and p(x, y) chains, fewer chains than images and the energy penalty; JEM++
+/// (proximal SGLD); IGEBM.
+pub fn parallel_cases(base: &TrainConfig) -> Vec<(&'static str, TrainConfig)> {
+    let mut jem = base.clone();
+    jem.buffer.conditional = true;
+    jem.loss.pxy_weight = 0.5;
+    jem.loss.lse_l2 = 0.1;
+    jem.sgld.chains = Some(8);
+    let mut pyld = base.clone();
+    pyld.sgld.sampler = jem::sgld::SamplerKind::Pyld;
+    pyld.sgld.step_size = 0.1;
+    let mut igebm = base.clone();
+    igebm.loss.objective = Objective::Igebm;
+    igebm.loss.energy_l2 = 0.5;
+    vec![("jem", jem), ("jem++", pyld), ("igebm", igebm)]
+}
