@@ -416,7 +416,7 @@ pub(crate) fn train(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
             let spec = match (&args.devices, device) {
                 (Some(list), _) => list[0],
                 (None, Some(spec)) => spec,
-                (None, None) => saved.devices.first().copied().unwrap_or(saved.device),
+                (None, None) => saved.primary_device(),
             };
             let device = spec.open()?;
             Trainer::resume(dir, &device, |c| {
@@ -434,9 +434,7 @@ pub(crate) fn train(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
             if let Some(spec) = device {
                 cfg.device = spec;
             }
-            if let Some(&first) = cfg.devices.first() {
-                cfg.device = first;
-            }
+            cfg.device = cfg.primary_device();
             cfg.validate()?;
             let out = args
                 .out

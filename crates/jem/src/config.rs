@@ -100,6 +100,12 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The device the run's model lives on: the first of `devices` when training data
+    /// parallel, else `device`.
+    pub fn primary_device(&self) -> DeviceSpec {
+        self.devices.first().copied().unwrap_or(self.device)
+    }
+
     /// Outputs of the network: one per class, or one for an unconditional IGEBM (a scalar
     /// energy).
     pub fn model_outputs(&self, num_classes: usize) -> usize {

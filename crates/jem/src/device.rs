@@ -164,11 +164,6 @@ impl DeviceSpec {
             DeviceSpec::Cuda(n) => open_cuda(n).map_err(fail),
         }
     }
-
-    /// Whether this is the CPU (after `auto` is resolved).
-    pub fn is_cpu(self) -> bool {
-        self.resolve().is_ok_and(|s| s == DeviceSpec::Cpu)
-    }
 }
 
 /// The spelling of an opened device (`cpu`, `wgpu:cpu`, `cuda:1`, ...), for `state.json` and
@@ -190,18 +185,14 @@ fn candidates() -> Vec<(DeviceSpec, Device)> {
         .collect();
     #[cfg(any(feature = "wgpu", feature = "vulkan"))]
     {
-        use burn::tensor::DeviceKind;
-        let adapters = [
-            (Adapter::Best, DeviceKind::DefaultDevice),
-            (Adapter::Cpu, DeviceKind::Cpu),
-        ]
-        .into_iter()
-        .chain((0..8).map(|n| (Adapter::Gpu(n), DeviceKind::DiscreteGpu(n))));
-        for (a, kind) in adapters {
+        let adapters = [Adapter::Best, Adapter::Cpu]
+            .into_iter()
+            .chain((0..8).map(Adapter::Gpu));
+        for a in adapters {
             #[cfg(feature = "wgpu")]
-            v.push((DeviceSpec::Wgpu(a), Device::wgpu(kind.clone())));
+            v.push((DeviceSpec::Wgpu(a), wgpu_device(a, false)));
             #[cfg(feature = "vulkan")]
-            v.push((DeviceSpec::Vulkan(a), Device::vulkan(kind)));
+            v.push((DeviceSpec::Vulkan(a), wgpu_device(a, true)));
         }
     }
     #[cfg(feature = "cuda")]
@@ -238,41 +229,57 @@ fn open_cpu() -> Option<Device> {
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
 const NO_ADAPTER_HINT: &str = "no adapter answered. A GPU needs its Vulkan driver; without one, Mesa's software Vulkan runs the same code on the CPU (Debian: `apt-get install mesa-vulkan-drivers libvulkan1`, then `export VK_ICD_FILENAMES=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json` and an `XDG_RUNTIME_DIR`, and ask for `wgpu:cpu`)";
 
+/// burn's selector for `adapter`.
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+fn device_kind(adapter: Adapter) -> burn::tensor::DeviceKind {
+    use burn::tensor::DeviceKind;
+    match adapter {
+        Adapter::Best => DeviceKind::DefaultDevice,
+        Adapter::Gpu(n) => DeviceKind::DiscreteGpu(n),
+        Adapter::Cpu => DeviceKind::Cpu,
+    }
+}
+
+/// The (lazy, unopened) device of `adapter` on wgpu, or pinned to Vulkan; a build with one of
+/// the two features builds that one.
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+#[allow(clippy::let_and_return)] // one `let` per feature set
+fn wgpu_device(adapter: Adapter, vulkan: bool) -> Device {
+    let kind = device_kind(adapter);
+    #[cfg(all(feature = "wgpu", feature = "vulkan"))]
+    let device = if vulkan {
+        Device::vulkan(kind)
+    } else {
+        Device::wgpu(kind)
+    };
+    #[cfg(all(feature = "wgpu", not(feature = "vulkan")))]
+    let device = {
+        let _ = vulkan;
+        Device::wgpu(kind)
+    };
+    #[cfg(all(feature = "vulkan", not(feature = "wgpu")))]
+    let device = {
+        let _ = vulkan;
+        Device::vulkan(kind)
+    };
+    device
+}
+
 #[allow(unused_variables)]
 fn open_wgpu(adapter: Adapter, vulkan: bool) -> Result<Device, String> {
     let feature = if vulkan { "vulkan" } else { "wgpu" };
     #[cfg(any(feature = "wgpu", feature = "vulkan"))]
     {
-        use burn::tensor::DeviceKind;
         if vulkan && !cfg!(feature = "vulkan") || !vulkan && !cfg!(feature = "wgpu") {
             return Err(missing(feature));
         }
-        let kind = match adapter {
-            Adapter::Best => DeviceKind::DefaultDevice,
-            Adapter::Gpu(n) => DeviceKind::DiscreteGpu(n),
-            Adapter::Cpu => DeviceKind::Cpu,
-        };
-        let lazy = || {
-            #[cfg(feature = "vulkan")]
-            if vulkan {
-                return Device::vulkan(kind.clone());
-            }
-            #[cfg(feature = "wgpu")]
-            {
-                Device::wgpu(kind.clone())
-            }
-            #[cfg(not(feature = "wgpu"))]
-            {
-                Device::vulkan(kind.clone())
-            }
-        };
         // burn registers a wgpu runtime once per process; opening it again reuses it.
         static OPENED: std::sync::Mutex<Vec<(Adapter, bool)>> = std::sync::Mutex::new(Vec::new());
         let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
         if opened.contains(&(adapter, vulkan)) {
-            return Ok(lazy());
+            return Ok(wgpu_device(adapter, vulkan));
         }
-        let mut options = Device::wgpu_options().device_kind(kind.clone());
+        let mut options = Device::wgpu_options().device_kind(device_kind(adapter));
         if vulkan {
             options = options.graphics_api(burn::tensor::wgpu::WgpuBackend::Vulkan);
         }
@@ -282,7 +289,9 @@ fn open_wgpu(adapter: Adapter, vulkan: bool) -> Result<Device, String> {
                 Ok(device)
             }
             // Registered already by burn itself (a tensor made on the lazy device first).
-            Err(e) if e.to_string().contains("already initialized") => Ok(lazy()),
+            Err(e) if e.to_string().contains("already initialized") => {
+                Ok(wgpu_device(adapter, vulkan))
+            }
             Err(e) => Err(format!("{e}; {NO_ADAPTER_HINT}")),
         }
     }

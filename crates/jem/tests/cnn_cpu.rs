@@ -1,7 +1,10 @@
 //! The CPU kernel of the CNN's SGLD step against burn's autodiff on random weights and
 //! inputs: input gradients, target values and whole SGLD chains agree to 1e-4.
 
+mod common;
+
 use burn::prelude::*;
+use common::random_batch;
 use jem::Engine;
 use jem::cnn_cpu::{CnnKernel, HostTarget, Precision, available};
 use jem::energy::{Target, input_grad, one_hot};
@@ -193,18 +196,6 @@ fn one_step(
     use jem::optim::Optimizer;
     use jem::step::{StepInputs, iteration};
     let d = Device::flex().autodiff();
-    let flat = |m: &jem::model::Classifier| {
-        let mut params = Vec::new();
-        struct P<'a>(&'a mut Vec<f32>);
-        impl burn::module::ModuleVisitor for P<'_> {
-            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
-                self.0
-                    .extend(p.val().into_data().try_to_vec::<f32>().unwrap());
-            }
-        }
-        burn::module::Module::visit(m, &mut P(&mut params));
-        params
-    };
     let mut opt = Optimizer::new(&cfg.optim);
     let mut buf = buffer.clone();
     let mut rng = Rng::new(14, 0);
@@ -232,24 +223,12 @@ fn one_step(
     let (m, metrics) = iteration(model.clone(), inputs)
         .map_err(|e| e.what)
         .unwrap();
-    let p0 = flat(model);
-    let delta: Vec<f32> = flat(&m).iter().zip(&p0).map(|(a, b)| a - b).collect();
+    let delta = common::param_delta(model, &m);
     // Chains that moved: at most `sgld.chains` per sampled term.
     let moved = (0..buf.len())
         .filter(|&i| buf.chain(i) != buffer.chain(i))
         .count();
     (delta, metrics, moved)
-}
-
-/// A batch of 16 images in `[-1, 1]` drawn from `seed`, labels `i % 10`, no plain copies.
-fn random_batch(seed: u64) -> jem::data::Batch {
-    let mut x = vec![0.0f32; 16 * 784];
-    Rng::new(seed, 0).fill_uniform(&mut x, -1.0, 1.0);
-    jem::data::Batch {
-        images: x,
-        labels: (0..16).map(|i| i % 10).collect(),
-        plain: None,
-    }
 }
 
 fn kernel_step_equals_autodiff_step(cfg: jem::config::TrainConfig) {

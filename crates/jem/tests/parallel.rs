@@ -6,11 +6,9 @@
 mod common;
 
 use burn::prelude::*;
-use common::flat;
 use jem::Engine;
 use jem::buffer::ReplayBuffer;
 use jem::config::{DeviceSpec, TrainConfig};
-use jem::data::Batch;
 use jem::loss::Objective;
 use jem::optim::{Algorithm, Optimizer};
 use jem::rng::Rng;
@@ -21,13 +19,7 @@ fn step(cfg: &TrainConfig, shares: usize) -> (Vec<f32>, f64, Vec<f32>) {
     let d = Device::flex().autodiff();
     let devices = vec![d.clone(); shares];
     let model = cfg.model.init_seeded(1, cfg.model_outputs(10), &d, 2);
-    let mut x = vec![0.0f32; 16 * 784];
-    Rng::new(3, 0).fill_uniform(&mut x, -1.0, 1.0);
-    let batch = Batch {
-        images: x,
-        labels: (0..16).map(|i| (i * 7) % 10).collect(),
-        plain: None,
-    };
+    let batch = common::random_batch(3);
     let mut buffer = ReplayBuffer::uniform(&cfg.buffer, [1, 28, 28], 10, &mut Rng::new(4, 0));
     let mut opt = Optimizer::new(&cfg.optim);
     let mut rng = Rng::new(5, 0);
@@ -48,11 +40,7 @@ fn step(cfg: &TrainConfig, shares: usize) -> (Vec<f32>, f64, Vec<f32>) {
     let (m, metrics) = iteration_on(model.clone(), inputs, &devices)
         .map_err(|e| e.what)
         .unwrap();
-    let delta = flat(&m)
-        .iter()
-        .zip(flat(&model))
-        .map(|(a, b)| a - b)
-        .collect();
+    let delta = common::param_delta(&model, &m);
     let chains = (0..buffer.len())
         .flat_map(|i| buffer.chain(i).to_vec())
         .collect();

@@ -21,7 +21,6 @@ use common::flat;
 use jem::Engine;
 use jem::buffer::ReplayBuffer;
 use jem::config::TrainConfig;
-use jem::data::Batch;
 use jem::device::{Adapter, DeviceSpec};
 use jem::energy::Target;
 use jem::loss::Objective;
@@ -187,13 +186,7 @@ fn one_step_on(cfg: &TrainConfig, devices: &[Device], kernel: bool) -> (Vec<f32>
     let d = device.clone().autodiff();
     let all: Vec<Device> = devices.iter().map(|x| x.clone().autodiff()).collect();
     let model = model_on(&cfg.model, cfg.model_outputs(10), device, 12);
-    let mut x = vec![0.0f32; 16 * 784];
-    Rng::new(13, 0).fill_uniform(&mut x, -1.0, 1.0);
-    let batch = Batch {
-        images: x,
-        labels: (0..16).map(|i| i % 10).collect(),
-        plain: None,
-    };
+    let batch = common::random_batch(13);
     let mut buffer = ReplayBuffer::uniform(&cfg.buffer, [1, 28, 28], 10, &mut Rng::new(14, 0));
     let mut critic = (cfg.loss.objective == Objective::Lsd).then(|| jem::lsd::CriticState {
         critic: cfg.loss.lsd.init_critic(1, &d, &mut Rng::new(15, 0)),
@@ -223,12 +216,7 @@ fn one_step_on(cfg: &TrainConfig, devices: &[Device], kernel: bool) -> (Vec<f32>
     let (m, metrics) = jem::step::iteration_on(model.clone(), inputs, &all)
         .map_err(|e| e.what)
         .unwrap();
-    let delta = flat(&m)
-        .iter()
-        .zip(flat(&model))
-        .map(|(a, b)| a - b)
-        .collect();
-    (delta, metrics)
+    (common::param_delta(&model, &m), metrics)
 }
 
 /// One training step of each method on wgpu against the CPU: JEM, JEM++ (proximal SGLD),

@@ -107,7 +107,7 @@ pub fn iteration_on(model: Classifier, mut inputs: StepInputs, devices: &[Device
         return iteration(model, inputs);
     }
     let t0 = Instant::now();
-    let models = parallel::models_for(&model, devices);
+    let models = parallel::replicas(&model, devices);
     let k = inputs.num_classes;
     let chains = sample_chains(&mut inputs, &mut |start, ys, params, rng| {
         parallel::sharded_sgld(&models, devices, start, ys, k, params, rng)

@@ -27,7 +27,7 @@ fn share(n: usize, i: usize, k: usize) -> std::ops::Range<usize> {
 }
 
 /// The model on every device: the model itself on the first, forks on the others.
-fn replicas(model: &Classifier, devices: &[Device]) -> Vec<Classifier> {
+pub(super) fn replicas(model: &Classifier, devices: &[Device]) -> Vec<Classifier> {
     let mut v = vec![model.clone()];
     v.extend(devices[1..].iter().map(|d| model.clone().fork(d)));
     v
@@ -54,21 +54,27 @@ pub(super) fn sharded_sgld(
     let home = start.device();
     let x: Vec<f32> = start.into_data().try_to_vec().expect("f32 chains");
     let k = devices.len();
+    // Each share's target, on its device, once for all the steps.
+    let targets: Vec<Target> = (0..k)
+        .map(|i| match labels {
+            Some(l) => {
+                let device = devices[i].clone().inner();
+                Target::Joint(one_hot(&l[share(m, i, k)], k_classes, &device))
+            }
+            None => Target::Marginal,
+        })
+        .collect();
     let (x, grad_norm) = sgld::chains_host(x, per, params, rng, |x| {
         let parts: Vec<Vec<f32>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..k)
                 .map(|i| {
                     let rows = share(m, i, k);
                     let (model, device) = (models[i].clone(), devices[i].clone().inner());
+                    let target = targets[i].clone();
                     let xs = x[rows.start * per..rows.end * per].to_vec();
-                    let ys = labels.map(|l| l[rows.clone()].to_vec());
                     s.spawn(move || {
                         let n = rows.len();
                         let xt = Tensor::<4>::from_data(TensorData::new(xs, [n, c, h, w]), &device);
-                        let target = match ys {
-                            Some(ys) => Target::Joint(one_hot(&ys, k_classes, &device)),
-                            None => Target::Marginal,
-                        };
                         let (g, _) = energy::input_grad(&model, xt, &target);
                         g.into_data().try_to_vec::<f32>().expect("f32 gradients")
                     })
@@ -205,9 +211,4 @@ fn all_reduce_mean(mut shares: Vec<GradientsParams>, model: &Classifier) -> Grad
     };
     burn::module::Module::visit(model, &mut mean);
     mean.out
-}
-
-/// The replicas of `model` for one step on `devices`.
-pub(super) fn models_for(model: &Classifier, devices: &[Device]) -> Vec<Classifier> {
-    replicas(model, devices)
 }

@@ -109,3 +109,23 @@ pub fn parallel_cases(base: &TrainConfig) -> Vec<(&'static str, TrainConfig)> {
     igebm.loss.energy_l2 = 0.5;
     vec![("jem", jem), ("jem++", pyld), ("igebm", igebm)]
 }
+
+/// The change of every parameter from `before` to `after` ([`flat`] order).
+pub fn param_delta<M: burn::module::Module>(before: &M, after: &M) -> Vec<f32> {
+    flat(after)
+        .iter()
+        .zip(flat(before))
+        .map(|(a, b)| a - b)
+        .collect()
+}
+
+/// A batch of 16 images in `[-1, 1]` drawn from `seed`, labels `i % 10`, no plain copies.
+pub fn random_batch(seed: u64) -> jem::data::Batch {
+    let mut x = vec![0.0f32; 16 * 784];
+    Rng::new(seed, 0).fill_uniform(&mut x, -1.0, 1.0);
+    jem::data::Batch {
+        images: x,
+        labels: (0..16).map(|i| i % 10).collect(),
+        plain: None,
+    }
+}
