@@ -4,7 +4,8 @@
 #
 # Usage: scripts/seeds.sh [OUT_DIR (default: runs/seeds)] [SEEDS (default: 0,1,2)] [--quick]
 # Each seed's runs go to OUT_DIR/seed-S/ (resumed when already there); the two summaries to
-# OUT_DIR/jem.md and OUT_DIR/softmax.md (and .json).
+# OUT_DIR/jem.md and OUT_DIR/softmax.md (and .json). JEM=path/to/jem runs that binary throughout
+# (scripts/train-default.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/seeds}
@@ -22,7 +23,7 @@ for s in ${seeds//,/ }; do
   jem_runs+=("$out/seed-$s/fashion-jem")
   soft_runs+=("$out/seed-$s/fashion-softmax")
 done
-jem=target/release/jem
+jem=${JEM:-target/release/jem}
 for kind in jem softmax; do
   if [ "$kind" = jem ]; then runs=("${jem_runs[@]}"); else runs=("${soft_runs[@]}"); fi
   "$jem" compare --seeds --chosen "${runs[@]}" | tee "$out/$kind.md"

