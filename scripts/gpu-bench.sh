@@ -3,17 +3,23 @@
 # with the benchmark CNN (28x28x1) and a WRN-28-10 (32x32x3, CIFAR-10 shape).
 # Usage: scripts/gpu-bench.sh ; environment: FEATURES (cuda; vulkan or wgpu also work),
 # DEVICE (the `--device` to time on; default: the backend named by FEATURES), REPS (timed
-# iterations, 5). `DEVICE=wgpu:cpu FEATURES=wgpu` runs it on a software adapter (Mesa's
-# lavapipe, `VK_ICD_FILENAMES=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json`): a smoke test of
-# the GPU code path whose numbers are CPU numbers, labelled so in the output.
+# iterations, 5), DEVICES (a device list for the data-parallel check below), JEM (a jem binary
+# built with FEATURES, instead of building one). `DEVICE=wgpu:cpu FEATURES=wgpu` runs it on a
+# software adapter (Mesa's lavapipe, `VK_ICD_FILENAMES=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json`):
+# a smoke test of the GPU code path whose numbers are CPU numbers, labelled so in the output;
+# `DEVICES=wgpu:cpu,wgpu:cpu` then runs the data-parallel check over two runtimes on it.
 # burn's CUDA build downloads LLVM (cubecl), so `cuda` needs a machine with internet access
 # at build time; `vulkan` builds offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 features=${FEATURES:-cuda}
 reps=${REPS:-5}
-cargo build --release -p jem-cli --features "$features"
-jem=target/release/jem
+if [ -n "${JEM:-}" ]; then
+  jem=$JEM
+else
+  cargo build --release -p jem-cli --features "$features"
+  jem=target/release/jem
+fi
 device=${DEVICE:-$features}
 models=("cnn|--arch cnn --dataset fashion-mnist" "wrn-28-10|--arch wrn --wrn-depth 28 --wrn-widen 10 --dataset cifar10")
 batches=(64 256)
@@ -34,7 +40,7 @@ for model in "${models[@]}"; do
       "$(field sgld_step_ms)" "$(field iteration_ms)" "$(field gflops)"
   done
 done
-# Data parallel (DEVICES=wgpu:0,wgpu:1 or cuda:0,cuda:1): 20 JEM steps on the first device
+# Data parallel (DEVICES=wgpu:0,wgpu:1 or cuda:0,cuda:1; wgpu:cpu,wgpu:cpu on lavapipe): 20 JEM steps on the first device
 # alone and over all of them; the two loss curves must agree to rounding (tests/parallel.rs).
 if [ -n "${DEVICES:-}" ]; then
   tmp=$(mktemp -d)

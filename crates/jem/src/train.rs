@@ -136,14 +136,21 @@ fn note_device(state: &mut RunState, device: &Device, dir: &Path) {
 }
 
 /// The (autodiff) devices of a data-parallel run: `device`, then `devices[1..]` of the config
-/// opened here; empty for a run on one device.
+/// opened here, a wgpu adapter named again opened as a runtime of its own
+/// ([`crate::device::DeviceSpec::open_nth`]); empty for a run on one device.
 fn parallel_devices(cfg: &TrainConfig, device: &Device) -> Result<Vec<Device>> {
     if cfg.devices.len() < 2 {
         return Ok(Vec::new());
     }
+    let resolved = cfg
+        .devices
+        .iter()
+        .map(|d| d.resolve())
+        .collect::<Result<Vec<_>>>()?;
     let mut v = vec![device.clone().autodiff()];
-    for spec in &cfg.devices[1..] {
-        v.push(spec.open()?.autodiff());
+    for (i, spec) in resolved.iter().enumerate().skip(1) {
+        let nth = resolved[..i].iter().filter(|d| *d == spec).count();
+        v.push(spec.open_nth(nth)?.autodiff());
     }
     tracing::info!(
         devices = %cfg.devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","),

@@ -42,6 +42,14 @@ fn cpu() -> Device {
     Device::flex()
 }
 
+/// A second runtime of its own on the software adapter (the second `wgpu:cpu` of
+/// `--devices wgpu:cpu,wgpu:cpu`).
+fn gpu2() -> Device {
+    DeviceSpec::Wgpu(Adapter::Cpu)
+        .open_nth(1)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn vec4(t: Tensor<4>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec().unwrap()
 }
@@ -350,11 +358,17 @@ fn a_training_run_on_wgpu_tracks_the_cpu_run_and_moves_between_devices() {
     let _ = NoObserver;
 }
 
-/// Data parallel over the CPU and the wgpu device (`--devices cpu,wgpu:cpu`): one step equals
-/// the single-device step of the same global batch and chains (JEM with p(x) and p(x, y)
-/// chains, JEM++, IGEBM).
+/// Data parallel over the CPU and the wgpu device (`--devices cpu,wgpu:cpu`), and over two
+/// runtimes on the one software adapter (`--devices wgpu:cpu,wgpu:cpu`): one step equals the
+/// single-device step of the same global batch and chains (JEM with p(x) and p(x, y) chains,
+/// JEM++, IGEBM).
 #[test]
 fn data_parallel_steps_over_two_devices_equal_the_single_device_step() {
+    assert!(gpu2() != gpu(), "the second wgpu:cpu is the first");
+    assert!(
+        gpu2() == gpu2(),
+        "opening the second wgpu:cpu again made a third"
+    );
     let base = {
         let mut c = TrainConfig::default();
         c.sgld.steps = 5;
@@ -364,21 +378,27 @@ fn data_parallel_steps_over_two_devices_equal_the_single_device_step() {
     };
     for (name, cfg) in common::parallel_cases(&base) {
         let (single, ms) = one_step_on(&cfg, &[cpu()], false);
-        let (two, mt) = one_step_on(&cfg, &[cpu(), gpu()], false);
-        check(
-            &format!("data parallel {name} step over cpu + wgpu"),
-            rel_err(&two, &single),
-            1e-4,
-        );
-        assert!(
-            (mt.loss - ms.loss).abs() < 1e-4 * ms.loss.abs().max(1.0),
-            "{name}"
-        );
-        assert_eq!(mt.acc.is_some(), ms.acc.is_some());
+        for (pair, devices) in [
+            ("cpu + wgpu", [cpu(), gpu()]),
+            ("wgpu + wgpu", [gpu(), gpu2()]),
+        ] {
+            let (two, mt) = one_step_on(&cfg, &devices, false);
+            check(
+                &format!("data parallel {name} step over {pair}"),
+                rel_err(&two, &single),
+                1e-4,
+            );
+            assert!(
+                (mt.loss - ms.loss).abs() < 1e-4 * ms.loss.abs().max(1.0),
+                "{name} over {pair}"
+            );
+            assert_eq!(mt.acc.is_some(), ms.acc.is_some());
+        }
     }
 }
 
-/// A data-parallel training run (`devices = [cpu, wgpu:cpu]`) tracks the single-device run.
+/// A data-parallel training run (`devices = [cpu, wgpu:cpu]`, and `[wgpu:cpu, wgpu:cpu]`,
+/// two runtimes on the software adapter) tracks the single-device run.
 #[test]
 fn a_data_parallel_run_tracks_the_single_device_run() {
     let data = tempfile::tempdir().unwrap();
@@ -388,21 +408,32 @@ fn a_data_parallel_run_tracks_the_single_device_run() {
     let runs = tempfile::tempdir().unwrap();
     let losses = |name: &str, devices: Vec<DeviceSpec>| {
         let mut c = cfg.clone();
+        let home = devices.first().map_or_else(cpu, |d| d.open().unwrap());
         c.devices = devices;
         let mut obs = Losses(Vec::new());
-        Trainer::create(c, &runs.path().join(name), &cpu())
+        Trainer::create(c, &runs.path().join(name), &home)
             .unwrap()
             .run(&mut obs)
             .unwrap();
         obs.0
     };
     let single = losses("one", Vec::new());
-    let two = losses("two", vec![DeviceSpec::Cpu, DeviceSpec::Wgpu(Adapter::Cpu)]);
-    assert_eq!(two.len(), 10);
-    let e = two
-        .iter()
-        .zip(&single)
-        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
-        .fold(0.0f64, f64::max);
-    check("10-step data-parallel run: loss per step", e as f32, 1e-3);
+    let lvp = DeviceSpec::Wgpu(Adapter::Cpu);
+    for (pair, devices) in [
+        ("cpu + wgpu", vec![DeviceSpec::Cpu, lvp]),
+        ("wgpu + wgpu", vec![lvp, lvp]),
+    ] {
+        let two = losses(pair, devices);
+        assert_eq!(two.len(), 10);
+        let e = two
+            .iter()
+            .zip(&single)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .fold(0.0f64, f64::max);
+        check(
+            &format!("10-step data-parallel run over {pair}: loss per step"),
+            e as f32,
+            1e-3,
+        );
+    }
 }

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+mod gpu;
+
 /// A wgpu adapter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Adapter {
@@ -151,6 +153,15 @@ impl DeviceSpec {
     /// Open the device: `Err` says when this binary lacks its backend (and the Cargo feature
     /// to build with) or when no adapter answers (and what to install or set).
     pub fn open(self) -> Result<Device, Error> {
+        self.open_nth(0)
+    }
+
+    /// The device of this spelling's `nth` appearance in a device list (`--devices`), from
+    /// 0: [`DeviceSpec::open`] for the first. A wgpu or Vulkan adapter named again gets a
+    /// runtime of its own on the same adapter (its own wgpu device and queue), so one
+    /// adapter, such as Mesa's lavapipe (which wgpu reports once), can hold several shares
+    /// of a data-parallel run. The CPU, or a CUDA GPU, named again is the same device.
+    pub fn open_nth(self, nth: usize) -> Result<Device, Error> {
         let spec = self.resolve()?;
         let fail = |reason: String| Error::Device {
             device: spec.to_string(),
@@ -159,8 +170,8 @@ impl DeviceSpec {
         match spec {
             DeviceSpec::Auto => unreachable!("resolved above"),
             DeviceSpec::Cpu => open_cpu().ok_or_else(|| fail(missing("flex"))),
-            DeviceSpec::Wgpu(a) => open_wgpu(a, false).map_err(fail),
-            DeviceSpec::Vulkan(a) => open_wgpu(a, true).map_err(fail),
+            DeviceSpec::Wgpu(a) => gpu::open(a, false, nth).map_err(fail),
+            DeviceSpec::Vulkan(a) => gpu::open(a, true, nth).map_err(fail),
             DeviceSpec::Cuda(n) => open_cuda(n).map_err(fail),
         }
     }
@@ -190,9 +201,9 @@ fn candidates() -> Vec<(DeviceSpec, Device)> {
             .chain((0..8).map(Adapter::Gpu));
         for a in adapters {
             #[cfg(feature = "wgpu")]
-            v.push((DeviceSpec::Wgpu(a), wgpu_device(a, false)));
+            v.push((DeviceSpec::Wgpu(a), gpu::wgpu_device(a, false)));
             #[cfg(feature = "vulkan")]
-            v.push((DeviceSpec::Vulkan(a), wgpu_device(a, true)));
+            v.push((DeviceSpec::Vulkan(a), gpu::wgpu_device(a, true)));
         }
     }
     #[cfg(feature = "cuda")]
@@ -222,82 +233,6 @@ fn open_cpu() -> Option<Device> {
     #[cfg(not(feature = "flex"))]
     {
         None
-    }
-}
-
-/// What a machine without a wgpu adapter needs.
-#[cfg(any(feature = "wgpu", feature = "vulkan"))]
-const NO_ADAPTER_HINT: &str = "no adapter answered. A GPU needs its Vulkan driver; without one, Mesa's software Vulkan runs the same code on the CPU (Debian: `apt-get install mesa-vulkan-drivers libvulkan1`, then `export VK_ICD_FILENAMES=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json` and an `XDG_RUNTIME_DIR`, and ask for `wgpu:cpu`)";
-
-/// burn's selector for `adapter`.
-#[cfg(any(feature = "wgpu", feature = "vulkan"))]
-fn device_kind(adapter: Adapter) -> burn::tensor::DeviceKind {
-    use burn::tensor::DeviceKind;
-    match adapter {
-        Adapter::Best => DeviceKind::DefaultDevice,
-        Adapter::Gpu(n) => DeviceKind::DiscreteGpu(n),
-        Adapter::Cpu => DeviceKind::Cpu,
-    }
-}
-
-/// The (lazy, unopened) device of `adapter` on wgpu, or pinned to Vulkan; a build with one of
-/// the two features builds that one.
-#[cfg(any(feature = "wgpu", feature = "vulkan"))]
-#[allow(clippy::let_and_return)] // one `let` per feature set
-fn wgpu_device(adapter: Adapter, vulkan: bool) -> Device {
-    let kind = device_kind(adapter);
-    #[cfg(all(feature = "wgpu", feature = "vulkan"))]
-    let device = if vulkan {
-        Device::vulkan(kind)
-    } else {
-        Device::wgpu(kind)
-    };
-    #[cfg(all(feature = "wgpu", not(feature = "vulkan")))]
-    let device = {
-        let _ = vulkan;
-        Device::wgpu(kind)
-    };
-    #[cfg(all(feature = "vulkan", not(feature = "wgpu")))]
-    let device = {
-        let _ = vulkan;
-        Device::vulkan(kind)
-    };
-    device
-}
-
-#[allow(unused_variables)]
-fn open_wgpu(adapter: Adapter, vulkan: bool) -> Result<Device, String> {
-    let feature = if vulkan { "vulkan" } else { "wgpu" };
-    #[cfg(any(feature = "wgpu", feature = "vulkan"))]
-    {
-        if vulkan && !cfg!(feature = "vulkan") || !vulkan && !cfg!(feature = "wgpu") {
-            return Err(missing(feature));
-        }
-        // burn registers a wgpu runtime once per process; opening it again reuses it.
-        static OPENED: std::sync::Mutex<Vec<(Adapter, bool)>> = std::sync::Mutex::new(Vec::new());
-        let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
-        if opened.contains(&(adapter, vulkan)) {
-            return Ok(wgpu_device(adapter, vulkan));
-        }
-        let mut options = Device::wgpu_options().device_kind(device_kind(adapter));
-        if vulkan {
-            options = options.graphics_api(burn::tensor::wgpu::WgpuBackend::Vulkan);
-        }
-        match options.init() {
-            Ok(device) => {
-                opened.push((adapter, vulkan));
-                Ok(device)
-            }
-            // Registered already by burn itself (a tensor made on the lazy device first).
-            Err(e) if e.to_string().contains("already initialized") => {
-                Ok(wgpu_device(adapter, vulkan))
-            }
-            Err(e) => Err(format!("{e}; {NO_ADAPTER_HINT}")),
-        }
-    }
-    #[cfg(not(any(feature = "wgpu", feature = "vulkan")))]
-    {
-        Err(missing(feature))
     }
 }
 
