@@ -229,7 +229,7 @@ pub(crate) struct OodArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "logp,py,pxgrad,energy-t"
+        default_value = "logp,py,pxgrad,gradnorm,energy-t"
     )]
     scores: Vec<Score>,
     /// Directory of the data-set OOD sets' files (default: each set's default directory).

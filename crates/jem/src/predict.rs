@@ -170,13 +170,13 @@ impl Predictor {
         let logits = self.logits(&x); // [n, k]
         let score = self.threshold.as_ref().map_or(Score::Logp, |t| t.score);
         let k = self.run.num_classes();
-        let pxgrad = (score == Score::Pxgrad).then(|| {
+        let grad_scores = score.needs_input_grad().then(|| {
             let s = score_images(
                 self.run.engine,
                 &self.run.model,
                 &x,
                 self.shape(),
-                &[Score::Pxgrad],
+                &[score],
                 self.batch_size,
             );
             s.into_iter().next().expect("one score")
@@ -192,9 +192,9 @@ impl Predictor {
                     .enumerate()
                     .max_by(|a, b| a.1.total_cmp(b.1))
                     .expect("at least one class");
-                let ood_score = match &pxgrad {
+                let ood_score = match &grad_scores {
                     Some(g) => g[i],
-                    None => f64::from(score.of_logits(row).expect("not pxgrad")),
+                    None => f64::from(score.of_logits(row).expect("a score of the logits")),
                 };
                 Prediction {
                     class,

@@ -377,7 +377,13 @@ fn ood_scores_through_the_kernel_equal_autodiff() {
     let b = 10;
     let mut x = vec![0.0f32; b * 784];
     Rng::new(16, 0).fill_uniform(&mut x, -1.0, 1.0);
-    let scores = [Score::Logp, Score::Py, Score::Pxgrad, Score::EnergyT(2.0)];
+    let scores = [
+        Score::Logp,
+        Score::Py,
+        Score::Pxgrad,
+        Score::Gradnorm,
+        Score::EnergyT(2.0),
+    ];
     let got = score_images(
         Engine::for_model(&model),
         &model,
@@ -390,17 +396,14 @@ fn ood_scores_through_the_kernel_equal_autodiff() {
     let logits = model.valid().forward(xt.clone());
     let f = |t: Tensor<1>| -> Vec<f32> { t.into_data().try_to_vec().unwrap() };
     let (g, _) = input_grad(&model, xt, &Target::Marginal);
+    let norm = g.reshape([b, 784]).powi_scalar(2).sum_dim(1).sqrt(); // [b, 1]
     let want: Vec<Vec<f32>> = vec![
         f(logsumexp(logits.clone())),
         f(burn::tensor::activation::softmax(logits.clone(), 1)
             .max_dim(1)
             .squeeze_dim(1)),
-        f(g.reshape([b, 784])
-            .powi_scalar(2)
-            .sum_dim(1)
-            .sqrt()
-            .neg()
-            .squeeze_dim(1)),
+        f(norm.clone().neg().squeeze_dim(1)),
+        f(norm.squeeze_dim(1)),
         f(logsumexp(logits.div_scalar(2.0)).mul_scalar(2.0)),
     ];
     for (s, (a, w)) in scores.iter().zip(got.iter().zip(&want)) {

@@ -117,13 +117,14 @@ fn a_trained_model_is_calibrated_somewhat_and_tells_noise_from_data() {
         .unwrap();
     assert_eq!(e.auroc, logp_uniform.auroc);
 
-    // pxgrad is minus the input-gradient norm, whose square sums the per-pixel squares.
+    // pxgrad is minus the input-gradient norm, whose square sums the per-pixel squares, and
+    // gradnorm the norm itself.
     let s = score_images(
         Engine::for_model(&model),
         &model,
         &te.images[..2 * 784],
         [1, 28, 28],
-        &[Score::Pxgrad],
+        &[Score::Pxgrad, Score::Gradnorm],
         2,
     );
     let x = Tensor::<4>::from_data(
@@ -138,6 +139,12 @@ fn a_trained_model_is_calibrated_somewhat_and_tells_noise_from_data() {
         "{} vs -{norm}",
         s[0][0]
     );
+    assert!(
+        (s[1][0] - norm).abs() < 1e-4 * norm.max(1.0),
+        "{} vs {norm}",
+        s[1][0]
+    );
+    assert_eq!(s[1][1], -s[0][1]);
 }
 
 #[test]

@@ -24,8 +24,15 @@ pub enum Score {
     Logp,
     /// `max_y p(y|x)`.
     Py,
-    /// `-|| d log p(x) / dx ||_2`, the paper's approximate mass.
+    /// `-|| d log p(x) / dx ||_2`, the paper's approximate mass: in-distribution images sit
+    /// near modes of `p(x)`, where the gradient is small.
     Pxgrad,
+    /// `+|| d log p(x) / dx ||_2`, the approximate mass with its sign reversed: for a model
+    /// whose density is flat around simple out-of-distribution images (noise, constants,
+    /// another data set's digits), the steep gradient is what marks its own data. Which of
+    /// the two signs holds is an empirical question `jem eval ood --select` settles on
+    /// validation data.
+    Gradnorm,
     /// Temperature-scaled energy `T * logsumexp(f(x) / T)` (Liu et al. 2020).
     EnergyT(f32),
 }
@@ -37,12 +44,29 @@ impl Score {
             Score::Logp => "logp".into(),
             Score::Py => "py".into(),
             Score::Pxgrad => "pxgrad".into(),
+            Score::Gradnorm => "gradnorm".into(),
             Score::EnergyT(t) => format!("energy-t{t}"),
         }
     }
 
-    /// The score of one image from its logits; `None` for [`Score::Pxgrad`], which needs the
-    /// input gradient.
+    /// Whether the score needs the input gradient of `log p(x)` (`pxgrad`, `gradnorm`), not
+    /// only the logits.
+    pub fn needs_input_grad(self) -> bool {
+        matches!(self, Score::Pxgrad | Score::Gradnorm)
+    }
+
+    /// The score from the input-gradient norm `|| d log p(x) / dx ||_2`; `None` for the
+    /// scores of the logits.
+    pub fn of_grad_norm(self, norm: f32) -> Option<f32> {
+        match self {
+            Score::Pxgrad => Some(-norm),
+            Score::Gradnorm => Some(norm),
+            _ => None,
+        }
+    }
+
+    /// The score of one image from its logits; `None` for the scores that need the input
+    /// gradient ([`Score::needs_input_grad`]).
     pub fn of_logits(self, logits: &[f32]) -> Option<f32> {
         match self {
             Score::Logp => Some(cnn_cpu::softmax(logits).0),
@@ -56,16 +80,18 @@ impl Score {
                 let scaled: Vec<f32> = logits.iter().map(|l| l / t).collect();
                 Some(cnn_cpu::softmax(&scaled).0 * t)
             }
-            Score::Pxgrad => None,
+            Score::Pxgrad | Score::Gradnorm => None,
         }
     }
 
-    /// The score [`Score::name`] gives `name` (`logp`, `py`, `pxgrad`, `energy-t<T>`).
+    /// The score [`Score::name`] gives `name` (`logp`, `py`, `pxgrad`, `gradnorm`,
+    /// `energy-t<T>`).
     pub fn from_name(name: &str) -> Option<Score> {
         match name {
             "logp" => Some(Score::Logp),
             "py" => Some(Score::Py),
             "pxgrad" => Some(Score::Pxgrad),
+            "gradnorm" => Some(Score::Gradnorm),
             _ => name
                 .strip_prefix("energy-t")
                 .and_then(|t| t.parse::<f32>().ok())
@@ -168,7 +194,13 @@ impl clap::ValueEnum for OodSet {
 
 impl Score {
     /// Every score; `energy-t` at temperature 1 (the command line sets its temperature).
-    pub const ALL: [Score; 4] = [Score::Logp, Score::Py, Score::Pxgrad, Score::EnergyT(1.0)];
+    pub const ALL: [Score; 5] = [
+        Score::Logp,
+        Score::Py,
+        Score::Pxgrad,
+        Score::Gradnorm,
+        Score::EnergyT(1.0),
+    ];
 }
 
 #[cfg(feature = "clap")]
@@ -182,6 +214,7 @@ impl clap::ValueEnum for Score {
             Score::Logp => "logp",
             Score::Py => "py",
             Score::Pxgrad => "pxgrad",
+            Score::Gradnorm => "gradnorm",
             Score::EnergyT(_) => "energy-t",
         };
         Some(clap::builder::PossibleValue::new(name))
@@ -328,14 +361,15 @@ pub fn score_images(
                     .max_dim(1)
                     .squeeze_dim(1),
                 Score::EnergyT(t) => logsumexp(logits.clone().div_scalar(*t)).mul_scalar(*t),
-                Score::Pxgrad => {
+                Score::Pxgrad | Score::Gradnorm => {
                     let (g, _) = input_grad(model, x.clone(), &Target::Marginal); // [b, c, h, w]
-                    g.reshape([b, len])
-                        .powi_scalar(2)
-                        .sum_dim(1)
-                        .sqrt()
-                        .neg()
-                        .squeeze_dim(1)
+                    let norm = g.reshape([b, len]).powi_scalar(2).sum_dim(1).sqrt(); // [b, 1]
+                    let signed = if *s == Score::Pxgrad {
+                        norm.neg()
+                    } else {
+                        norm
+                    };
+                    signed.squeeze_dim(1)
                 }
             }; // [b]
             let vals: Vec<f32> = v.into_data().try_to_vec::<f32>().expect("f32 scores");
@@ -363,7 +397,7 @@ fn score_images_cpu_kernel(
         let b = end - start;
         let logits = kernel.forward(&images[start * len..end * len], b, shape);
         let rows: Vec<(f32, Vec<f32>)> = logits.chunks_exact(k).map(cnn_cpu::softmax).collect();
-        let grad_norms = scores.contains(&Score::Pxgrad).then(|| {
+        let grad_norms = scores.iter().any(|s| s.needs_input_grad()).then(|| {
             let dl: Vec<f32> = rows.iter().flat_map(|(_, p)| p.iter().copied()).collect();
             let (g, _) = kernel.backward(b, shape, &dl, true, false);
             g.expect("input gradient requested")
@@ -376,10 +410,12 @@ fn score_images_cpu_kernel(
                 let v = match s {
                     Score::Logp => *lse,
                     Score::Py => p.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
-                    Score::Pxgrad => -grad_norms.as_ref().expect("computed above")[i],
+                    s if s.needs_input_grad() => s
+                        .of_grad_norm(grad_norms.as_ref().expect("computed above")[i])
+                        .expect("a gradient score"),
                     s => s
                         .of_logits(&logits[i * k..(i + 1) * k])
-                        .expect("not pxgrad"),
+                        .expect("a score of the logits"),
                 };
                 col.push(v as f64);
             }
