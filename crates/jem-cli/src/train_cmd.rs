@@ -417,14 +417,14 @@ fn place(cfg: &mut TrainConfig, device: Option<DeviceSpec>, devices_flag: bool) 
             Some(&first) if devices_flag && first != spec => bail!(
                 "--device {spec} and --devices {} name different devices for the run \
                  (the first of --devices is the run's device); give one of them",
-                spelled(&cfg.devices)
+                jem::device::spell_list(&cfg.devices)
             ),
             _ => {}
         }
         if !devices_flag && !cfg.devices.is_empty() {
             tracing::info!(
                 "--device {spec}: training on {spec} alone, not data parallel over {}",
-                spelled(&cfg.devices)
+                jem::device::spell_list(&cfg.devices)
             );
             cfg.devices.clear();
         }
@@ -432,12 +432,6 @@ fn place(cfg: &mut TrainConfig, device: Option<DeviceSpec>, devices_flag: bool) 
     }
     cfg.device = cfg.primary_device();
     Ok(())
-}
-
-/// `devices` as `--devices` spells them.
-fn spelled(devices: &[DeviceSpec]) -> String {
-    let names: Vec<String> = devices.iter().map(DeviceSpec::to_string).collect();
-    names.join(",")
 }
 
 /// Train as `args` say, on `device` (`--device`) or else the device of the run's config.

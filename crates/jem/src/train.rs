@@ -153,7 +153,7 @@ fn parallel_devices(cfg: &TrainConfig, device: &Device) -> Result<Vec<Device>> {
         v.push(spec.open_nth(nth)?.autodiff());
     }
     tracing::info!(
-        devices = %cfg.devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","),
+        devices = %crate::device::spell_list(&cfg.devices),
         "data parallel"
     );
     Ok(v)

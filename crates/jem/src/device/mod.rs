@@ -177,6 +177,12 @@ impl DeviceSpec {
     }
 }
 
+/// A device list as `--devices` and `devices` in the config spell it (`cpu,wgpu:cpu`).
+pub fn spell_list(devices: &[DeviceSpec]) -> String {
+    let names: Vec<String> = devices.iter().map(DeviceSpec::to_string).collect();
+    names.join(",")
+}
+
 /// The spelling of an opened device (`cpu`, `wgpu:cpu`, `cuda:1`, ...), for `state.json` and
 /// logs; a device none of the spellings opens is described by burn's own `Debug` form.
 pub fn describe(device: &Device) -> String {

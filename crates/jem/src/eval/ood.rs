@@ -354,6 +354,15 @@ pub fn score_images(
             &device,
         ); // [b, c, h, w]
         let logits = plain.forward(x.clone()); // [b, k]
+        // One input gradient per batch, however many scores use it.
+        let grad_norm = scores.iter().any(|s| s.needs_input_grad()).then(|| {
+            let (g, _) = input_grad(model, x.clone(), &Target::Marginal); // [b, c, h, w]
+            g.reshape([b, len])
+                .powi_scalar(2)
+                .sum_dim(1)
+                .sqrt()
+                .squeeze_dim(1) // [b]
+        });
         for (s, col) in scores.iter().zip(out.iter_mut()) {
             let v: Tensor<1> = match s {
                 Score::Logp => logsumexp(logits.clone()),
@@ -362,14 +371,8 @@ pub fn score_images(
                     .squeeze_dim(1),
                 Score::EnergyT(t) => logsumexp(logits.clone().div_scalar(*t)).mul_scalar(*t),
                 Score::Pxgrad | Score::Gradnorm => {
-                    let (g, _) = input_grad(model, x.clone(), &Target::Marginal); // [b, c, h, w]
-                    let norm = g.reshape([b, len]).powi_scalar(2).sum_dim(1).sqrt(); // [b, 1]
-                    let signed = if *s == Score::Pxgrad {
-                        norm.neg()
-                    } else {
-                        norm
-                    };
-                    signed.squeeze_dim(1)
+                    let sign = s.of_grad_norm(1.0).expect("a gradient score");
+                    grad_norm.clone().expect("computed above").mul_scalar(sign)
                 }
             }; // [b]
             let vals: Vec<f32> = v.into_data().try_to_vec::<f32>().expect("f32 scores");
