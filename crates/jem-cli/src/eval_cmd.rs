@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use jem::data::{Dataset, Split};
 use jem::eval::accuracy::accuracy;
 use jem::eval::attack::{AttackConfig, Defence, Norm, attack};
 use jem::eval::calibration::evaluate_calibration;
 use jem::eval::ood::{OodSet, OodSpec, Score, SetHalf, evaluate_ood};
+use jem::eval::ood_fused::fit_scores;
 use jem::eval::ood_select::evaluate_selected;
 use jem::eval::run::Run;
 use jem::rng::Rng;
@@ -229,7 +230,7 @@ pub(crate) struct OodArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "logp,py,pxgrad,gradnorm,energy-t"
+        default_value = "logp,py,pxgrad,gradnorm,energy-t,fused"
     )]
     scores: Vec<Score>,
     /// Directory of the data-set OOD sets' files (default: each set's default directory).
@@ -250,6 +251,10 @@ pub(crate) struct OodArgs {
     /// of --ood), e.g. the sets a target is set on; the report still covers every set.
     #[arg(long, value_enum, value_delimiter = ',', requires = "select")]
     select_on: Vec<OodSet>,
+    /// Also write every image's scores to this CSV file (`set,index,<score>...`; the
+    /// in-distribution images as set `in-distribution`), for analyses of your own.
+    #[arg(long)]
+    scores_out: Option<PathBuf>,
 }
 
 pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
@@ -273,6 +278,13 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
             keep
         })
         .collect();
+    // The fused score is standardised on the validation split, never on what it reports.
+    let scores = if a.select {
+        scores
+    } else {
+        let valid = a.data.limited(run.data(Split::Valid)?)?;
+        fit_scores(run.engine, &run.model, &valid, &scores, a.data.batch_size)?
+    };
     let spec = OodSpec {
         sets: &sets,
         dir: a.ood_dir.as_deref(),
@@ -299,6 +311,10 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
     } else {
         evaluate_ood(run.engine, &run.model, &data, &spec, &mut rng)?
     };
+    if let Some(path) = &a.scores_out {
+        std::fs::write(path, report.scores_csv())
+            .with_context(|| format!("writing the scores to {}", path.display()))?;
+    }
     let body = serde_json::to_value(&report)?;
     for h in body["histograms"].as_array().cloned().unwrap_or_default() {
         let score = h["score"].as_str().unwrap_or("score").to_string();

@@ -46,6 +46,7 @@ fn train_resume_eval_sample_bench() {
     let data = tmp.path().join("data");
     jem::data::synthetic::write_synthetic_fashion(&data, 160, 40, 1).unwrap();
     let run = tmp.path().join("run");
+    let scores_csv = tmp.path().join("scores.csv");
     let o = train_tiny(&data, &run, &["--max-steps", "4"]);
     assert!(o.status.success(), "{}", text(&o));
     for f in [
@@ -123,13 +124,33 @@ fn train_resume_eval_sample_bench() {
         run.to_str().unwrap(),
         "--ood",
         "uniform,vflip,interp",
+        "--scores-out",
+        scores_csv.to_str().unwrap(),
         "--json",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    // The five default scores (logp, py, pxgrad, gradnorm, energy-t) on three sets.
-    assert_eq!(rows.len(), 15);
+    // The six default scores (logp, py, pxgrad, gradnorm, energy-t, fused) on three sets.
+    assert_eq!(rows.len(), 18);
+    // The fused score is standardised on the validation split, not on the test images.
+    let n_test = v["n"].as_u64().unwrap() as usize;
+    let fit_n = v["fused"]["n"].as_u64().unwrap() as usize;
+    assert!(fit_n > 0 && fit_n != n_test, "{}", v["fused"]);
+    // Every image's scores: a header, then the test images and each set's, one row each.
+    let csv = std::fs::read_to_string(&scores_csv).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("set,index,logp,py,pxgrad,gradnorm,energy-t1,fused")
+    );
+    let sets: Vec<&str> = lines.map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(sets.len(), 4 * n_test);
+    assert_eq!(
+        sets.iter().filter(|s| **s == "in-distribution").count(),
+        n_test
+    );
+    assert_eq!(sets.iter().filter(|s| **s == "interp").count(), n_test);
     assert!(rows.iter().all(|r| {
         r["auroc"]
             .as_f64()
@@ -150,9 +171,9 @@ fn train_resume_eval_sample_bench() {
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let chosen = v["selected"]["score"].as_str().unwrap().to_string();
-    assert!(["logp", "py", "pxgrad", "gradnorm", "energy-t1"].contains(&chosen.as_str()));
-    assert_eq!(v["selected"]["candidates"].as_array().unwrap().len(), 5);
-    assert_eq!(v["rows"].as_array().unwrap().len(), 10);
+    assert!(["logp", "py", "pxgrad", "gradnorm", "energy-t1", "fused"].contains(&chosen.as_str()));
+    assert_eq!(v["selected"]["candidates"].as_array().unwrap().len(), 6);
+    assert_eq!(v["rows"].as_array().unwrap().len(), 12);
     let o = jem(&["compare", r, "--chosen"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");

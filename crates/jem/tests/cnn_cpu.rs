@@ -377,12 +377,14 @@ fn ood_scores_through_the_kernel_equal_autodiff() {
     let b = 10;
     let mut x = vec![0.0f32; b * 784];
     Rng::new(16, 0).fill_uniform(&mut x, -1.0, 1.0);
+    let fit = jem::eval::ood_fused::FusedFit::fit(&[10.0, 12.0], &[0.5, 1.5]).unwrap();
     let scores = [
         Score::Logp,
         Score::Py,
         Score::Pxgrad,
         Score::Gradnorm,
         Score::EnergyT(2.0),
+        Score::Fused(Some(fit)),
     ];
     let got = score_images(
         Engine::for_model(&model),
@@ -406,6 +408,12 @@ fn ood_scores_through_the_kernel_equal_autodiff() {
         f(norm.squeeze_dim(1)),
         f(logsumexp(logits.div_scalar(2.0)).mul_scalar(2.0)),
     ];
+    let fused: Vec<f32> = want[0]
+        .iter()
+        .zip(&want[3])
+        .map(|(&l, &g)| fit.score(f64::from(l), f64::from(g)) as f32)
+        .collect();
+    let want = [want, vec![fused]].concat();
     for (s, (a, w)) in scores.iter().zip(got.iter().zip(&want)) {
         let a: Vec<f32> = a.iter().map(|&v| v as f32).collect();
         assert!(rel_err(&a, w) < 1e-4, "{s:?}: {a:?} vs {w:?}");

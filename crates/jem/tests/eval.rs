@@ -7,6 +7,7 @@ use jem::eval::calibration::evaluate_calibration;
 use jem::eval::ood::{
     OodReport, OodRow, OodSet, OodSpec, Score, SetHalf, evaluate_ood, ood_images, score_images,
 };
+use jem::eval::ood_fused::{FusedFit, fit_scores};
 use jem::eval::ood_select::{choose, evaluate_selected};
 use jem::model::Classifier;
 use jem::rng::Rng;
@@ -200,6 +201,8 @@ fn the_chosen_score_is_the_one_with_the_best_worst_set() {
         rows,
         histograms: vec![],
         selected: None,
+        fused: None,
+        values: vec![],
     };
     // logp is best on average, py on its worst set: py is chosen.
     let r = report(vec![
@@ -277,6 +280,71 @@ fn a_score_chosen_on_validation_data_is_reported_on_the_test_split() {
     assert!(sel.candidates.iter().all(|c| c.worst_set == "invert"));
     assert_eq!(sel.sets, ["invert"]);
     assert_eq!(r.rows.len(), 4);
+}
+
+#[test]
+fn the_fused_score_is_standardised_on_validation_data_and_is_the_lower_z_score() {
+    let (tr, te) = synthetic();
+    let model = trained(&tr);
+    let engine = Engine::for_model(&model);
+    let valid = tr.subset(&(0..200).collect::<Vec<_>>());
+    let parts = [Score::Logp, Score::Gradnorm];
+    let on = |d: &Dataset, s: &[Score]| score_images(engine, &model, &d.images, d.shape, s, 64);
+    let v = on(&valid, &parts);
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+    let fitted = fit_scores(engine, &model, &valid, &[Score::Py, Score::Fused(None)], 64).unwrap();
+    let Score::Fused(Some(fit)) = fitted[1] else {
+        panic!("not fitted: {fitted:?}")
+    };
+    assert_eq!(fitted[0], Score::Py);
+    assert_eq!(fit.n, valid.len());
+    assert!((fit.logp.mean - mean(&v[0])).abs() < 1e-9, "{fit:?}");
+    assert!((fit.gradnorm.mean - mean(&v[1])).abs() < 1e-9, "{fit:?}");
+    let sd = (v[1].iter().map(|g| (g - mean(&v[1])).powi(2)).sum::<f64>() / 200.0).sqrt();
+    assert!((fit.gradnorm.std - sd).abs() < 1e-9 * sd, "{fit:?}");
+    // On test images: min of the two standardised scores, image by image.
+    let t = on(
+        &te,
+        &[Score::Logp, Score::Gradnorm, Score::Fused(Some(fit))],
+    );
+    assert_eq!(t[2].len(), te.len());
+    for (i, ((&l, &g), &f)) in t[0].iter().zip(&t[1]).zip(&t[2]).enumerate() {
+        let want = fit.logp.z(l).min(fit.gradnorm.z(g));
+        assert!((f - want).abs() < 1e-9, "image {i}: {f} vs {want}");
+    }
+    // Unfitted, it scores NaN; a constant score cannot be standardised.
+    assert!(on(&te, &[Score::Fused(None)])[0].iter().all(|v| v.is_nan()));
+    let e = FusedFit::fit(&[1.0; 4], &[1.0, 2.0, 3.0, 4.0]).unwrap_err();
+    assert!(e.to_string().contains("logp"), "{e}");
+    // Chosen on validation data, the report's fit is the validation split's, not the test's.
+    let spec = OodSpec {
+        sets: &[OodSet::Uniform, OodSet::Invert],
+        dir: None,
+        scores: &[Score::Logp, Score::Fused(None)],
+        batch_size: 64,
+        half: SetHalf::All,
+    };
+    let r = evaluate_selected(
+        engine,
+        &model,
+        (&valid, &te),
+        &spec,
+        &[],
+        &mut Rng::new(3, 0),
+    );
+    let r = r.unwrap();
+    assert_eq!(r.fused, Some(fit));
+    assert_eq!(r.rows.iter().filter(|x| x.score == "fused").count(), 2);
+    assert!(
+        r.selected
+            .unwrap()
+            .candidates
+            .iter()
+            .any(|c| c.score == "fused")
+    );
+    // Evaluated alone, it is fitted on the in-distribution images it is given.
+    let alone = evaluate_ood(engine, &model, &te, &spec, &mut Rng::new(3, 0)).unwrap();
+    assert_eq!(alone.fused.unwrap().n, te.len());
 }
 
 mod attack {

@@ -218,6 +218,29 @@ fn the_threshold_accepts_its_share_of_validation_images_and_the_predictor_applie
         "{}",
         chosen.chosen_by
     );
+    // The fused score is fitted on the validation split, and its fit travels in the file.
+    let fused =
+        threshold::compute(&run, Some(Score::Fused(None)), 0.9, 64, &mut Rng::new(0, 7)).unwrap();
+    let Score::Fused(Some(fit)) = fused.score else {
+        panic!("not fitted: {:?}", fused.score)
+    };
+    assert_eq!(fit.n, 32);
+    fused.save(&out).unwrap();
+    assert_eq!(OodThreshold::load(&out).unwrap().as_ref(), Some(&fused));
+    let text = std::fs::read_to_string(out.join(threshold::FILE)).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        v["score"]["fused"]["logp"]["std"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    v["score"] = serde_json::json!({ "fused": null });
+    let unfitted = v.to_string();
+    std::fs::write(out.join(threshold::FILE), unfitted).unwrap();
+    let e = OodThreshold::load(&out).unwrap_err().to_string();
+    assert!(
+        e.contains("ood-threshold.json") && e.contains("fused"),
+        "{e}"
+    );
     t.save(&out).unwrap();
     assert_eq!(OodThreshold::load(&out).unwrap().as_ref(), Some(&t));
 

@@ -7,6 +7,7 @@ pub mod calibration;
 pub mod fid;
 pub mod metrics;
 pub mod ood;
+pub mod ood_fused;
 pub mod ood_select;
 pub mod run;
 pub mod samples;

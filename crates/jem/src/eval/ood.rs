@@ -13,6 +13,7 @@ use crate::data::{DataError, Dataset, DatasetKind, load_files};
 use crate::energy::{Target, input_grad, logsumexp};
 use crate::engine::Engine;
 use crate::eval::metrics::{aupr, auroc, fpr_at_tpr};
+use crate::eval::ood_fused::{FusedFit, fit_of, fit_scores};
 use crate::model::Classifier;
 use crate::rng::Rng;
 
@@ -35,6 +36,10 @@ pub enum Score {
     Gradnorm,
     /// Temperature-scaled energy `T * logsumexp(f(x) / T)` (Liu et al. 2020).
     EnergyT(f32),
+    /// `min(z(logp), z(gradnorm))`, standardised on in-distribution images
+    /// ([`crate::eval::ood_fused`]); `None` until fitted, which the evaluations do on the
+    /// validation split (an unfitted one scores NaN).
+    Fused(Option<FusedFit>),
 }
 
 impl Score {
@@ -46,13 +51,25 @@ impl Score {
             Score::Pxgrad => "pxgrad".into(),
             Score::Gradnorm => "gradnorm".into(),
             Score::EnergyT(t) => format!("energy-t{t}"),
+            Score::Fused(_) => "fused".into(),
         }
     }
 
-    /// Whether the score needs the input gradient of `log p(x)` (`pxgrad`, `gradnorm`), not
-    /// only the logits.
+    /// Whether the score needs the input gradient of `log p(x)` (`pxgrad`, `gradnorm`,
+    /// `fused`), not only the logits.
     pub fn needs_input_grad(self) -> bool {
-        matches!(self, Score::Pxgrad | Score::Gradnorm)
+        matches!(self, Score::Pxgrad | Score::Gradnorm | Score::Fused(_))
+    }
+
+    /// The score from `logp` and the input-gradient norm together: the fused score (NaN
+    /// while unfitted); `None` for the others.
+    pub fn of_parts(self, logp: f32, norm: f32) -> Option<f64> {
+        match self {
+            Score::Fused(fit) => {
+                Some(fit.map_or(f64::NAN, |f| f.score(f64::from(logp), f64::from(norm))))
+            }
+            _ => None,
+        }
     }
 
     /// The score from the input-gradient norm `|| d log p(x) / dx ||_2`; `None` for the
@@ -80,18 +97,19 @@ impl Score {
                 let scaled: Vec<f32> = logits.iter().map(|l| l / t).collect();
                 Some(cnn_cpu::softmax(&scaled).0 * t)
             }
-            Score::Pxgrad | Score::Gradnorm => None,
+            Score::Pxgrad | Score::Gradnorm | Score::Fused(_) => None,
         }
     }
 
     /// The score [`Score::name`] gives `name` (`logp`, `py`, `pxgrad`, `gradnorm`,
-    /// `energy-t<T>`).
+    /// `energy-t<T>`, `fused`: unfitted).
     pub fn from_name(name: &str) -> Option<Score> {
         match name {
             "logp" => Some(Score::Logp),
             "py" => Some(Score::Py),
             "pxgrad" => Some(Score::Pxgrad),
             "gradnorm" => Some(Score::Gradnorm),
+            "fused" => Some(Score::Fused(None)),
             _ => name
                 .strip_prefix("energy-t")
                 .and_then(|t| t.parse::<f32>().ok())
@@ -193,13 +211,15 @@ impl clap::ValueEnum for OodSet {
 }
 
 impl Score {
-    /// Every score; `energy-t` at temperature 1 (the command line sets its temperature).
-    pub const ALL: [Score; 5] = [
+    /// Every score; `energy-t` at temperature 1 (the command line sets its temperature),
+    /// `fused` unfitted.
+    pub const ALL: [Score; 6] = [
         Score::Logp,
         Score::Py,
         Score::Pxgrad,
         Score::Gradnorm,
         Score::EnergyT(1.0),
+        Score::Fused(None),
     ];
 }
 
@@ -216,6 +236,7 @@ impl clap::ValueEnum for Score {
             Score::Pxgrad => "pxgrad",
             Score::Gradnorm => "gradnorm",
             Score::EnergyT(_) => "energy-t",
+            Score::Fused(_) => "fused",
         };
         Some(clap::builder::PossibleValue::new(name))
     }
@@ -364,6 +385,16 @@ pub fn score_images(
                 .squeeze_dim(1) // [b]
         });
         for (s, col) in scores.iter().zip(out.iter_mut()) {
+            if let Score::Fused(_) = s {
+                let lse = to_vec(logsumexp(logits.clone()));
+                let norm = to_vec(grad_norm.clone().expect("computed above"));
+                col.extend(
+                    lse.iter()
+                        .zip(&norm)
+                        .map(|(&l, &g)| s.of_parts(l, g).expect("the fused score")),
+                );
+                continue;
+            }
             let v: Tensor<1> = match s {
                 Score::Logp => logsumexp(logits.clone()),
                 Score::Py => burn::tensor::activation::softmax(logits.clone(), 1)
@@ -374,12 +405,17 @@ pub fn score_images(
                     let sign = s.of_grad_norm(1.0).expect("a gradient score");
                     grad_norm.clone().expect("computed above").mul_scalar(sign)
                 }
+                Score::Fused(_) => unreachable!("scored above"),
             }; // [b]
-            let vals: Vec<f32> = v.into_data().try_to_vec::<f32>().expect("f32 scores");
-            col.extend(vals.into_iter().map(f64::from));
+            col.extend(to_vec(v).into_iter().map(f64::from));
         }
     }
     out
+}
+
+/// The values of a score tensor (`[b]`).
+fn to_vec(v: Tensor<1>) -> Vec<f32> {
+    v.into_data().try_to_vec::<f32>().expect("f32 scores")
 }
 
 /// [`score_images`] through [`crate::cnn_cpu`] (the CNN on the CPU): one forward per batch
@@ -410,17 +446,20 @@ fn score_images_cpu_kernel(
         });
         for (s, col) in scores.iter().zip(out.iter_mut()) {
             for (i, (lse, p)) in rows.iter().enumerate() {
+                let norm = || grad_norms.as_ref().expect("computed above")[i];
                 let v = match s {
-                    Score::Logp => *lse,
-                    Score::Py => p.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
-                    s if s.needs_input_grad() => s
-                        .of_grad_norm(grad_norms.as_ref().expect("computed above")[i])
-                        .expect("a gradient score"),
-                    s => s
-                        .of_logits(&logits[i * k..(i + 1) * k])
-                        .expect("a score of the logits"),
+                    Score::Logp => f64::from(*lse),
+                    Score::Py => f64::from(p.iter().cloned().fold(f32::NEG_INFINITY, f32::max)),
+                    Score::Fused(_) => s.of_parts(*lse, norm()).expect("the fused score"),
+                    s if s.needs_input_grad() => {
+                        f64::from(s.of_grad_norm(norm()).expect("a gradient score"))
+                    }
+                    s => f64::from(
+                        s.of_logits(&logits[i * k..(i + 1) * k])
+                            .expect("a score of the logits"),
+                    ),
                 };
-                col.push(v as f64);
+                col.push(v);
             }
         }
     }
@@ -479,6 +518,54 @@ pub struct OodReport {
     /// ([`crate::eval::ood_select::evaluate_selected`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected: Option<Selection>,
+    /// The standardisation of the fused score, when it was scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fused: Option<FusedFit>,
+    /// Every image's scores: the in-distribution images first, then each OOD set in the
+    /// order of the spec (`jem eval ood --scores-out` writes them; not part of the JSON).
+    #[serde(skip)]
+    pub values: Vec<SetScores>,
+}
+
+/// The scores of every image of one set.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SetScores {
+    /// The set's name ([`INSIDE`] for the in-distribution images).
+    pub set: String,
+    /// The score names, one per column of `values`.
+    pub scores: Vec<String>,
+    /// One vector per score, one value per image.
+    pub values: Vec<Vec<f64>>,
+}
+
+/// The name [`SetScores`] gives the in-distribution images.
+pub const INSIDE: &str = "in-distribution";
+
+impl OodReport {
+    /// Every image's scores as CSV: `set,index,<score>...`, one row per image.
+    pub fn scores_csv(&self) -> String {
+        let mut out = String::new();
+        let Some(first) = self.values.first() else {
+            return out;
+        };
+        out.push_str("set,index");
+        for s in &first.scores {
+            out.push(',');
+            out.push_str(s);
+        }
+        out.push('\n');
+        for set in &self.values {
+            let n = set.values.first().map_or(0, Vec::len);
+            for i in 0..n {
+                out.push_str(&format!("{},{i}", set.set));
+                for col in &set.values {
+                    out.push_str(&format!(",{}", col[i]));
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
 }
 
 /// How one score did over every OOD set of an evaluation.
@@ -563,7 +650,9 @@ fn edges_for(all: &[&[f64]], bins: usize) -> Vec<f64> {
 
 /// Score `inside` and every set of `spec`, and tabulate each (score, set) pair (the data-set
 /// OOD sets as [`ood_images`] reads them). No score is chosen: see
-/// [`crate::eval::ood_select::evaluate_selected`].
+/// [`crate::eval::ood_select::evaluate_selected`]. An unfitted fused score is fitted on
+/// `inside` (fit it on other in-distribution images first with
+/// [`crate::eval::ood_fused::fit_scores`] to keep `inside` out of its fit).
 pub fn evaluate_ood(
     engine: Engine,
     model: &Classifier,
@@ -578,6 +667,7 @@ pub fn evaluate_ood(
         batch_size,
         half,
     } = *spec;
+    let scores = &fit_scores(engine, model, inside, scores, batch_size)?;
     let ins = score_images(
         engine,
         model,
@@ -628,9 +718,20 @@ pub fn evaluate_ood(
             }
         })
         .collect();
+    let names: Vec<String> = scores.iter().map(Score::name).collect();
+    let values = std::iter::once((INSIDE.to_string(), ins))
+        .chain(per_set)
+        .map(|(set, values)| SetScores {
+            set,
+            scores: names.clone(),
+            values,
+        })
+        .collect();
     Ok(OodReport {
         rows,
         histograms,
         selected: None,
+        fused: fit_of(scores),
+        values,
     })
 }

@@ -2,7 +2,8 @@
 //! did best on each set, which no user can do without labels for the sets they will meet.
 //! [`evaluate_selected`] scores the validation split (with one half of each data-set OOD
 //! set), keeps the score whose worst AUROC over the sets is highest there, and reports the
-//! test split (with the other half) with that score marked.
+//! test split (with the other half) with that score marked. The fused score is
+//! standardised on the validation split for both.
 
 use crate::Result;
 use crate::data::Dataset;
@@ -10,6 +11,7 @@ use crate::engine::Engine;
 use crate::eval::ood::{
     OodReport, OodSet, OodSpec, ScoreSummary, Selection, SetHalf, evaluate_ood,
 };
+use crate::eval::ood_fused::fit_scores;
 use crate::model::Classifier;
 use crate::rng::Rng;
 
@@ -85,6 +87,12 @@ pub fn evaluate_selected(
     select_on: &[OodSet],
     rng: &mut Rng,
 ) -> Result<OodReport> {
+    // The fused score is standardised on the validation split, for both evaluations.
+    let scores = fit_scores(engine, model, valid, spec.scores, spec.batch_size)?;
+    let spec = &OodSpec {
+        scores: &scores,
+        ..*spec
+    };
     let on_valid = evaluate_ood(
         engine,
         model,

@@ -12,6 +12,7 @@ use crate::Result;
 use crate::data::{Dataset, Split};
 use crate::error::{CheckpointError, ConfigError};
 use crate::eval::ood::{OodSet, OodSpec, Score, SetHalf, evaluate_ood, ood_images, score_images};
+use crate::eval::ood_fused::fit_scores;
 use crate::eval::ood_select::choose;
 use crate::eval::run::Run;
 use crate::eval::store::{eval_dir, load_results};
@@ -79,6 +80,13 @@ impl OodThreshold {
         };
         let t: OodThreshold = serde_json::from_str(&text)
             .map_err(|e| CheckpointError::corrupt(&path, format!("not a threshold file: {e}")))?;
+        if t.score == Score::Fused(None) {
+            return Err(CheckpointError::corrupt(
+                &path,
+                "the fused score has no standardisation (`score.fused` is null): run `jem threshold` again",
+            )
+            .into());
+        }
         Ok(Some(t))
     }
 
@@ -183,6 +191,7 @@ pub fn compute(
         Some(s) => (s, "asked for (--score)".to_string()),
         None => default_score(run, &valid, batch_size, rng)?,
     };
+    let score = fit_scores(run.engine, &run.model, &valid, &[score], batch_size)?[0];
     let shape = valid.shape;
     let on = |images: &[f32]| {
         score_images(run.engine, &run.model, images, shape, &[score], batch_size).remove(0)
