@@ -83,7 +83,7 @@ for run in "$jem_run" "$soft_run"; do
   "$jem" eval accuracy --run "$run" "${eval_limit[@]}"
   "$jem" eval calibration --run "$run" "${eval_limit[@]}"
   # One detector per run: the score with the best worst-target-set AUROC on the validation split.
-  "$jem" eval ood --run "$run" --ood "$ood" --scores logp,py,pxgrad,gradnorm,fused --select \
+  "$jem" eval ood --run "$run" --ood "$ood" --scores logp,py,pxgrad,gradnorm,fused,mahalanobis --select \
     --select-on "$targets" "${eval_limit[@]}"
   # The OOD threshold of that score for `jem predict` / `jem serve` (95% of validation accepted).
   "$jem" threshold --run "$run"

@@ -230,7 +230,7 @@ pub(crate) struct OodArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "logp,py,pxgrad,gradnorm,energy-t,fused"
+        default_value = "logp,py,pxgrad,gradnorm,energy-t,fused,mahalanobis"
     )]
     scores: Vec<Score>,
     /// Directory of the data-set OOD sets' files (default: each set's default directory).
@@ -266,9 +266,9 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
     let scores: Vec<Score> = a
         .scores
         .iter()
-        .map(|&s| match s {
+        .map(|s| match s {
             Score::EnergyT(_) => Score::EnergyT(a.temperature),
-            s => s,
+            s => s.clone(),
         })
         .filter(|s| {
             let keep = run.is_classifier() || *s != Score::Py;
@@ -278,12 +278,13 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
             keep
         })
         .collect();
-    // The fused score is standardised on the validation split, never on what it reports.
+    // The fused and Mahalanobis scores are fitted on the validation split, never on what they report.
     let scores = if a.select {
         scores
     } else {
         let valid = a.data.limited(run.data(Split::Valid)?)?;
-        fit_scores(run.engine, &run.model, &valid, &scores, a.data.batch_size)?
+        let scores = fit_scores(run.engine, &run.model, &valid, &scores, a.data.batch_size)?;
+        jem::eval::ood_maha::fit_scores(&run.model, &valid, &scores, a.data.batch_size)?
     };
     let spec = OodSpec {
         sets: &sets,

@@ -168,15 +168,18 @@ impl Predictor {
         }
         let x = images.to_model_range(); // [n, c, h, w] in [-1, 1]
         let logits = self.logits(&x); // [n, k]
-        let score = self.threshold.as_ref().map_or(Score::Logp, |t| t.score);
+        let score = self
+            .threshold
+            .as_ref()
+            .map_or(Score::Logp, |t| t.score.clone());
         let k = self.run.num_classes();
-        let grad_scores = score.needs_input_grad().then(|| {
+        let grad_scores = (!score.of_logits_alone()).then(|| {
             let s = score_images(
                 self.run.engine,
                 &self.run.model,
                 &x,
                 self.shape(),
-                &[score],
+                std::slice::from_ref(&score),
                 self.batch_size,
             );
             s.into_iter().next().expect("one score")

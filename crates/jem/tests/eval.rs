@@ -347,6 +347,43 @@ fn the_fused_score_is_standardised_on_validation_data_and_is_the_lower_z_score()
     assert_eq!(alone.fused.unwrap().n, te.len());
 }
 
+#[test]
+fn the_mahalanobis_score_is_fitted_on_validation_labels_and_separates_noise() {
+    let (tr, te) = synthetic();
+    let model = trained(&tr);
+    let engine = Engine::for_model(&model);
+    let valid = tr.subset(&(0..200).collect::<Vec<_>>());
+    let spec = OodSpec {
+        sets: &[OodSet::Uniform, OodSet::Constant],
+        dir: None,
+        scores: &[Score::Logp, Score::Mahalanobis(None)],
+        batch_size: 64,
+        half: SetHalf::All,
+    };
+    let r = evaluate_selected(
+        engine,
+        &model,
+        (&valid, &te),
+        &spec,
+        &[],
+        &mut Rng::new(3, 0),
+    );
+    let r = r.unwrap();
+    let rows: Vec<_> = r.rows.iter().filter(|x| x.score == "mahalanobis").collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|x| x.auroc > 0.9), "{rows:?}");
+    // Unfitted, it scores NaN; fitted, it is finite and at most 0 (minus a squared distance).
+    let on = |s: Score| score_images(engine, &model, &te.images, te.shape, &[s], 64).remove(0);
+    assert!(on(Score::Mahalanobis(None)).iter().all(|v| v.is_nan()));
+    let fitted = jem::eval::ood_maha::fit_scores(&model, &valid, &[Score::Mahalanobis(None)], 64);
+    let s = on(fitted.unwrap().remove(0));
+    assert!(
+        s.iter().all(|v| v.is_finite() && *v <= 0.0),
+        "{:?}",
+        &s[..4]
+    );
+}
+
 mod attack {
     use super::*;
     use jem::eval::accuracy::accuracy;

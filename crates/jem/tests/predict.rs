@@ -241,6 +241,47 @@ fn the_threshold_accepts_its_share_of_validation_images_and_the_predictor_applie
         e.contains("ood-threshold.json") && e.contains("fused"),
         "{e}"
     );
+    // So is the Mahalanobis score's, and the predictor gives the score the evaluation gives.
+    let maha = threshold::compute(
+        &run,
+        Some(Score::Mahalanobis(None)),
+        0.9,
+        64,
+        &mut Rng::new(0, 7),
+    )
+    .unwrap();
+    let Score::Mahalanobis(Some(fit)) = &maha.score else {
+        panic!("not fitted: {:?}", maha.score)
+    };
+    assert_eq!((fit.n, fit.dim, fit.classes), (32, 8, 10));
+    assert!(maha.tpr_valid >= 0.9, "{maha:?}");
+    maha.save(&out).unwrap();
+    // The fit comes back exactly; the threshold to the last bits of an f64 (serde_json's
+    // parser may differ from the exact value by one unit in the last place).
+    let back = OodThreshold::load(&out).unwrap().unwrap();
+    assert_eq!(back.score, maha.score);
+    assert!((back.threshold - maha.threshold).abs() <= 1e-12 * maha.threshold.abs());
+    let valid = run.data(jem::data::Split::Valid).unwrap();
+    let want = jem::eval::ood::score_images(
+        run.engine,
+        &run.model,
+        &valid.images,
+        valid.shape,
+        std::slice::from_ref(&maha.score),
+        64,
+    );
+    let images = Images {
+        pixels: valid.images.iter().map(|v| (v + 1.0) / 2.0).collect(),
+        shape: valid.shape,
+    };
+    let preds = Predictor::load(&out).unwrap().predict(&images).unwrap();
+    for (p, w) in preds.iter().zip(&want[0]) {
+        assert!(
+            (p.ood_score - w).abs() < 1e-3 * w.abs().max(1.0),
+            "{} vs {w}",
+            p.ood_score
+        );
+    }
     t.save(&out).unwrap();
     assert_eq!(OodThreshold::load(&out).unwrap().as_ref(), Some(&t));
 

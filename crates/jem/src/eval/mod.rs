@@ -8,6 +8,7 @@ pub mod fid;
 pub mod metrics;
 pub mod ood;
 pub mod ood_fused;
+pub mod ood_maha;
 pub mod ood_select;
 pub mod run;
 pub mod samples;

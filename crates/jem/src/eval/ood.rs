@@ -3,6 +3,7 @@
 //! for every (score, set) pair.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -14,11 +15,12 @@ use crate::energy::{Target, input_grad, logsumexp};
 use crate::engine::Engine;
 use crate::eval::metrics::{aupr, auroc, fpr_at_tpr};
 use crate::eval::ood_fused::{FusedFit, fit_of, fit_scores};
+use crate::eval::ood_maha::{self, MahalanobisFit};
 use crate::model::Classifier;
 use crate::rng::Rng;
 
 /// A score; higher means "more in-distribution".
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Score {
     /// `logsumexp_y f(x)[y]`: unnormalised `log p(x)`.
@@ -40,6 +42,11 @@ pub enum Score {
     /// ([`crate::eval::ood_fused`]); `None` until fitted, which the evaluations do on the
     /// validation split (an unfitted one scores NaN).
     Fused(Option<FusedFit>),
+    /// Minus the Mahalanobis distance of the penultimate features to the nearest class mean,
+    /// with one covariance shared by the classes ([`crate::eval::ood_maha`]); `None` until
+    /// fitted on labelled in-distribution images (the validation split; an unfitted one
+    /// scores NaN).
+    Mahalanobis(#[serde(with = "crate::eval::ood_maha::shared_fit")] Option<Arc<MahalanobisFit>>),
 }
 
 impl Score {
@@ -52,18 +59,25 @@ impl Score {
             Score::Gradnorm => "gradnorm".into(),
             Score::EnergyT(t) => format!("energy-t{t}"),
             Score::Fused(_) => "fused".into(),
+            Score::Mahalanobis(_) => "mahalanobis".into(),
         }
     }
 
     /// Whether the score needs the input gradient of `log p(x)` (`pxgrad`, `gradnorm`,
     /// `fused`), not only the logits.
-    pub fn needs_input_grad(self) -> bool {
+    pub fn needs_input_grad(&self) -> bool {
         matches!(self, Score::Pxgrad | Score::Gradnorm | Score::Fused(_))
+    }
+
+    /// Whether [`Score::of_logits`] gives the score (not so for the scores of the input
+    /// gradient or of the features).
+    pub fn of_logits_alone(&self) -> bool {
+        !(self.needs_input_grad() || matches!(self, Score::Mahalanobis(_)))
     }
 
     /// The score from `logp` and the input-gradient norm together: the fused score (NaN
     /// while unfitted); `None` for the others.
-    pub fn of_parts(self, logp: f32, norm: f32) -> Option<f64> {
+    pub fn of_parts(&self, logp: f32, norm: f32) -> Option<f64> {
         match self {
             Score::Fused(fit) => {
                 Some(fit.map_or(f64::NAN, |f| f.score(f64::from(logp), f64::from(norm))))
@@ -74,7 +88,7 @@ impl Score {
 
     /// The score from the input-gradient norm `|| d log p(x) / dx ||_2`; `None` for the
     /// scores of the logits.
-    pub fn of_grad_norm(self, norm: f32) -> Option<f32> {
+    pub fn of_grad_norm(&self, norm: f32) -> Option<f32> {
         match self {
             Score::Pxgrad => Some(-norm),
             Score::Gradnorm => Some(norm),
@@ -84,7 +98,7 @@ impl Score {
 
     /// The score of one image from its logits; `None` for the scores that need the input
     /// gradient ([`Score::needs_input_grad`]).
-    pub fn of_logits(self, logits: &[f32]) -> Option<f32> {
+    pub fn of_logits(&self, logits: &[f32]) -> Option<f32> {
         match self {
             Score::Logp => Some(cnn_cpu::softmax(logits).0),
             Score::Py => Some(
@@ -97,7 +111,7 @@ impl Score {
                 let scaled: Vec<f32> = logits.iter().map(|l| l / t).collect();
                 Some(cnn_cpu::softmax(&scaled).0 * t)
             }
-            Score::Pxgrad | Score::Gradnorm | Score::Fused(_) => None,
+            Score::Pxgrad | Score::Gradnorm | Score::Fused(_) | Score::Mahalanobis(_) => None,
         }
     }
 
@@ -110,6 +124,7 @@ impl Score {
             "pxgrad" => Some(Score::Pxgrad),
             "gradnorm" => Some(Score::Gradnorm),
             "fused" => Some(Score::Fused(None)),
+            "mahalanobis" => Some(Score::Mahalanobis(None)),
             _ => name
                 .strip_prefix("energy-t")
                 .and_then(|t| t.parse::<f32>().ok())
@@ -213,13 +228,14 @@ impl clap::ValueEnum for OodSet {
 impl Score {
     /// Every score; `energy-t` at temperature 1 (the command line sets its temperature),
     /// `fused` unfitted.
-    pub const ALL: [Score; 6] = [
+    pub const ALL: [Score; 7] = [
         Score::Logp,
         Score::Py,
         Score::Pxgrad,
         Score::Gradnorm,
         Score::EnergyT(1.0),
         Score::Fused(None),
+        Score::Mahalanobis(None),
     ];
 }
 
@@ -237,6 +253,7 @@ impl clap::ValueEnum for Score {
             Score::Gradnorm => "gradnorm",
             Score::EnergyT(_) => "energy-t",
             Score::Fused(_) => "fused",
+            Score::Mahalanobis(_) => "mahalanobis",
         };
         Some(clap::builder::PossibleValue::new(name))
     }
@@ -358,6 +375,38 @@ pub fn score_images(
     scores: &[Score],
     batch_size: usize,
 ) -> Vec<Vec<f64>> {
+    let of_features = |s: &Score| matches!(s, Score::Mahalanobis(_));
+    let rest: Vec<Score> = scores.iter().filter(|s| !of_features(s)).cloned().collect();
+    let mut rest =
+        score_images_of_outputs(engine, model, images, shape, &rest, batch_size).into_iter();
+    let feats = scores
+        .iter()
+        .any(of_features)
+        .then(|| ood_maha::features(model, images, shape, batch_size));
+    scores
+        .iter()
+        .map(|s| match (s, &feats) {
+            (Score::Mahalanobis(fit), Some((f, d))) => f
+                .chunks_exact((*d).max(1))
+                .map(|row| match fit {
+                    Some(m) if m.dim == *d => m.score(row),
+                    _ => f64::NAN,
+                })
+                .collect(),
+            _ => rest.next().expect("one column per score"),
+        })
+        .collect()
+}
+
+/// [`score_images`] for the scores of the logits and the input gradient.
+fn score_images_of_outputs(
+    engine: Engine,
+    model: &Classifier,
+    images: &[f32],
+    shape: [usize; 3],
+    scores: &[Score],
+    batch_size: usize,
+) -> Vec<Vec<f64>> {
     if let Some(kernel) = engine.kernel(model, crate::sgld::Precision::F32) {
         return score_images_cpu_kernel(kernel, images, shape, scores, batch_size);
     }
@@ -406,6 +455,7 @@ pub fn score_images(
                     grad_norm.clone().expect("computed above").mul_scalar(sign)
                 }
                 Score::Fused(_) => unreachable!("scored above"),
+                Score::Mahalanobis(_) => unreachable!("a score of the features"),
             }; // [b]
             col.extend(to_vec(v).into_iter().map(f64::from));
         }
@@ -648,6 +698,36 @@ fn edges_for(all: &[&[f64]], bins: usize) -> Vec<f64> {
         .collect()
 }
 
+/// One histogram per score: the in-distribution values `ins` against each set's.
+fn histograms(
+    scores: &[Score],
+    ins: &[Vec<f64>],
+    per_set: &[(String, Vec<Vec<f64>>)],
+) -> Vec<ScoreHistogram> {
+    scores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let all: Vec<&[f64]> = std::iter::once(ins[i].as_slice())
+                .chain(per_set.iter().map(|(_, o)| o[i].as_slice()))
+                .collect();
+            let edges = edges_for(&all, 40);
+            ScoreHistogram {
+                score: s.name(),
+                inside: density(&ins[i], &edges),
+                sets: per_set
+                    .iter()
+                    .map(|(name, o)| SetDensity {
+                        set: name.clone(),
+                        density: density(&o[i], &edges),
+                    })
+                    .collect(),
+                edges,
+            }
+        })
+        .collect()
+}
+
 /// Score `inside` and every set of `spec`, and tabulate each (score, set) pair (the data-set
 /// OOD sets as [`ood_images`] reads them). No score is chosen: see
 /// [`crate::eval::ood_select::evaluate_selected`]. An unfitted fused score is fitted on
@@ -668,6 +748,7 @@ pub fn evaluate_ood(
         half,
     } = *spec;
     let scores = &fit_scores(engine, model, inside, scores, batch_size)?;
+    let scores = &ood_maha::fit_scores(model, inside, scores, batch_size)?;
     let ins = score_images(
         engine,
         model,
@@ -696,28 +777,7 @@ pub fn evaluate_ood(
         }
         per_set.push((set.name(), outs));
     }
-    let histograms = scores
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let all: Vec<&[f64]> = std::iter::once(ins[i].as_slice())
-                .chain(per_set.iter().map(|(_, o)| o[i].as_slice()))
-                .collect();
-            let edges = edges_for(&all, 40);
-            ScoreHistogram {
-                score: s.name(),
-                inside: density(&ins[i], &edges),
-                sets: per_set
-                    .iter()
-                    .map(|(name, o)| SetDensity {
-                        set: name.clone(),
-                        density: density(&o[i], &edges),
-                    })
-                    .collect(),
-                edges,
-            }
-        })
-        .collect();
+    let histograms = histograms(scores, &ins, &per_set);
     let names: Vec<String> = scores.iter().map(Score::name).collect();
     let values = std::iter::once((INSIDE.to_string(), ins))
         .chain(per_set)

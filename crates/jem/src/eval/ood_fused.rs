@@ -98,9 +98,9 @@ pub fn fit_scores(
     let fit = FusedFit::fit(&parts[0], &parts[1])?;
     Ok(scores
         .iter()
-        .map(|&s| match s {
+        .map(|s| match s {
             Score::Fused(None) => Score::Fused(Some(fit)),
-            s => s,
+            s => s.clone(),
         })
         .collect())
 }

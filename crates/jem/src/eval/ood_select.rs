@@ -87,8 +87,9 @@ pub fn evaluate_selected(
     select_on: &[OodSet],
     rng: &mut Rng,
 ) -> Result<OodReport> {
-    // The fused score is standardised on the validation split, for both evaluations.
+    // The fused and Mahalanobis scores are fitted on the validation split, for both evaluations.
     let scores = fit_scores(engine, model, valid, spec.scores, spec.batch_size)?;
+    let scores = crate::eval::ood_maha::fit_scores(model, valid, &scores, spec.batch_size)?;
     let spec = &OodSpec {
         scores: &scores,
         ..*spec

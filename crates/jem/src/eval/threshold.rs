@@ -80,6 +80,13 @@ impl OodThreshold {
         };
         let t: OodThreshold = serde_json::from_str(&text)
             .map_err(|e| CheckpointError::corrupt(&path, format!("not a threshold file: {e}")))?;
+        if t.score == Score::Mahalanobis(None) {
+            return Err(CheckpointError::corrupt(
+                &path,
+                "the mahalanobis score has no fit (`score.mahalanobis` is null): run `jem threshold` again",
+            )
+            .into());
+        }
         if t.score == Score::Fused(None) {
             return Err(CheckpointError::corrupt(
                 &path,
@@ -191,10 +198,20 @@ pub fn compute(
         Some(s) => (s, "asked for (--score)".to_string()),
         None => default_score(run, &valid, batch_size, rng)?,
     };
-    let score = fit_scores(run.engine, &run.model, &valid, &[score], batch_size)?[0];
+    let score = fit_scores(run.engine, &run.model, &valid, &[score], batch_size)?;
+    let score =
+        crate::eval::ood_maha::fit_scores(&run.model, &valid, &score, batch_size)?.remove(0);
     let shape = valid.shape;
     let on = |images: &[f32]| {
-        score_images(run.engine, &run.model, images, shape, &[score], batch_size).remove(0)
+        score_images(
+            run.engine,
+            &run.model,
+            images,
+            shape,
+            std::slice::from_ref(&score),
+            batch_size,
+        )
+        .remove(0)
     };
     let inside = on(&valid.images);
     // JSON has no infinities: "accept everything" is the lowest finite value.
