@@ -131,8 +131,9 @@ fn train_resume_eval_sample_bench() {
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    // The six default scores (logp, py, pxgrad, gradnorm, energy-t, fused) on three sets.
-    assert_eq!(rows.len(), 18);
+    // The seven default scores (logp, py, pxgrad, gradnorm, energy-t, fused, mahalanobis) on
+    // three sets.
+    assert_eq!(rows.len(), 21);
     // The fused score is standardised on the validation split, not on the test images.
     let n_test = v["n"].as_u64().unwrap() as usize;
     let fit_n = v["fused"]["n"].as_u64().unwrap() as usize;
@@ -142,7 +143,7 @@ fn train_resume_eval_sample_bench() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("set,index,logp,py,pxgrad,gradnorm,energy-t1,fused")
+        Some("set,index,logp,py,pxgrad,gradnorm,energy-t1,fused,mahalanobis")
     );
     let sets: Vec<&str> = lines.map(|l| l.split(',').next().unwrap()).collect();
     assert_eq!(sets.len(), 4 * n_test);
@@ -171,9 +172,18 @@ fn train_resume_eval_sample_bench() {
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let chosen = v["selected"]["score"].as_str().unwrap().to_string();
-    assert!(["logp", "py", "pxgrad", "gradnorm", "energy-t1", "fused"].contains(&chosen.as_str()));
-    assert_eq!(v["selected"]["candidates"].as_array().unwrap().len(), 6);
-    assert_eq!(v["rows"].as_array().unwrap().len(), 12);
+    let all = [
+        "logp",
+        "py",
+        "pxgrad",
+        "gradnorm",
+        "energy-t1",
+        "fused",
+        "mahalanobis",
+    ];
+    assert!(all.contains(&chosen.as_str()));
+    assert_eq!(v["selected"]["candidates"].as_array().unwrap().len(), 7);
+    assert_eq!(v["rows"].as_array().unwrap().len(), 14);
     let o = jem(&["compare", r, "--chosen"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");

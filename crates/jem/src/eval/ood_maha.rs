@@ -27,7 +27,7 @@ pub const RIDGE: f64 = 1e-3;
 pub struct MahalanobisFit {
     /// Feature dimension `d`.
     pub dim: usize,
-    /// Classes `k`.
+    /// Class means `k` (the classes with at least one fitting image).
     pub classes: usize,
     /// Images it was fitted on.
     pub n: usize,
@@ -38,8 +38,8 @@ pub struct MahalanobisFit {
 }
 
 impl MahalanobisFit {
-    /// Fit on `features` (`[n, d]` row-major) with their `labels` in `0..classes`; every class
-    /// needs at least one image and the features at least `2` images.
+    /// Fit on `features` (`[n, d]` row-major) with their `labels` in `0..classes`, from at
+    /// least 2 images whose features vary; a class without images is left out.
     pub fn fit(features: &[f32], labels: &[u8], dim: usize, classes: usize) -> Result<Self> {
         let n = labels.len();
         let invalid = |why: String| DataError::Invalid(format!("the Mahalanobis score: {why}"));
@@ -63,11 +63,8 @@ impl MahalanobisFit {
                 .zip(f)
                 .for_each(|(m, &v)| *m += f64::from(v));
         }
-        if let Some(c) = count.iter().position(|&c| c == 0) {
-            return Err(invalid(format!("no validation image of class {c}")).into());
-        }
         for (m, &c) in mu.chunks_exact_mut(dim).zip(&count) {
-            m.iter_mut().for_each(|v| *v /= c as f64);
+            m.iter_mut().for_each(|v| *v /= c.max(1) as f64);
         }
         let mut cov = vec![0.0f64; dim * dim];
         let mut r = vec![0.0f64; dim];
@@ -99,10 +96,21 @@ impl MahalanobisFit {
                 whiten[e * dim + j] = (v[j * dim + e] * s) as f32;
             }
         }
-        let means = mu
+        // A class without images has no mean: the nearest of the others is taken.
+        let absent: Vec<usize> = (0..classes).filter(|&c| count[c] == 0).collect();
+        if !absent.is_empty() {
+            tracing::warn!(
+                ?absent,
+                "Mahalanobis score: classes without a fitting image are left out"
+            );
+        }
+        let means: Vec<f32> = mu
             .chunks_exact(dim)
-            .flat_map(|m| apply(&whiten, dim, m.iter().map(|&x| x as f32)))
+            .zip(&count)
+            .filter(|(_, c)| **c > 0)
+            .flat_map(|(m, _)| apply(&whiten, dim, m.iter().map(|&x| x as f32)))
             .collect();
+        let classes = means.len() / dim;
         Ok(MahalanobisFit {
             dim,
             classes,
@@ -280,8 +288,10 @@ mod tests {
         }
         // The nearer a class mean, the higher the score.
         assert!(fit.score(&[6.0, 2.0]) > fit.score(&[3.0, 1.0]));
-        // A class without images, labels beyond the classes and constant features are errors.
-        assert!(MahalanobisFit::fit(&flat, &vec![0; 400], 2, 2).is_err());
+        // A class without images is left out; labels beyond the classes and constant
+        // features are errors.
+        let one = MahalanobisFit::fit(&flat, &vec![0; 400], 2, 2).unwrap();
+        assert_eq!(one.classes, 1);
         assert!(MahalanobisFit::fit(&flat, &vec![2; 400], 2, 2).is_err());
         let e = MahalanobisFit::fit(&[1.0; 8], &[0, 0, 1, 1], 2, 2).unwrap_err();
         assert!(e.to_string().contains("do not vary"), "{e}");
