@@ -282,6 +282,23 @@ fn a_score_chosen_on_validation_data_is_reported_on_the_test_split() {
     assert_eq!(r.rows.len(), 4);
 }
 
+/// A spec of `sets` and `scores`, 64 images a batch.
+fn two_sets<'a>(sets: &'a [OodSet], scores: &'a [Score]) -> OodSpec<'a> {
+    OodSpec {
+        sets,
+        dir: None,
+        scores,
+        batch_size: 64,
+        half: SetHalf::All,
+    }
+}
+
+/// `spec` evaluated on the test split with a score chosen on the validation split.
+fn selected(model: &Classifier, data: (&Dataset, &Dataset), spec: &OodSpec) -> OodReport {
+    let engine = Engine::for_model(model);
+    evaluate_selected(engine, model, data, spec, &[], &mut Rng::new(3, 0)).unwrap()
+}
+
 #[test]
 fn the_fused_score_is_standardised_on_validation_data_and_is_the_lower_z_score() {
     let (tr, te) = synthetic();
@@ -317,22 +334,9 @@ fn the_fused_score_is_standardised_on_validation_data_and_is_the_lower_z_score()
     let e = FusedFit::fit(&[1.0; 4], &[1.0, 2.0, 3.0, 4.0]).unwrap_err();
     assert!(e.to_string().contains("logp"), "{e}");
     // Chosen on validation data, the report's fit is the validation split's, not the test's.
-    let spec = OodSpec {
-        sets: &[OodSet::Uniform, OodSet::Invert],
-        dir: None,
-        scores: &[Score::Logp, Score::Fused(None)],
-        batch_size: 64,
-        half: SetHalf::All,
-    };
-    let r = evaluate_selected(
-        engine,
-        &model,
-        (&valid, &te),
-        &spec,
-        &[],
-        &mut Rng::new(3, 0),
-    );
-    let r = r.unwrap();
+    let scores = [Score::Logp, Score::Fused(None)];
+    let spec = two_sets(&[OodSet::Uniform, OodSet::Invert], &scores);
+    let r = selected(&model, (&valid, &te), &spec);
     assert_eq!(r.fused, Some(fit));
     assert_eq!(r.rows.iter().filter(|x| x.score == "fused").count(), 2);
     assert!(
@@ -353,22 +357,9 @@ fn the_mahalanobis_score_is_fitted_on_validation_labels_and_separates_noise() {
     let model = trained(&tr);
     let engine = Engine::for_model(&model);
     let valid = tr.subset(&(0..200).collect::<Vec<_>>());
-    let spec = OodSpec {
-        sets: &[OodSet::Uniform, OodSet::Constant],
-        dir: None,
-        scores: &[Score::Logp, Score::Mahalanobis(None)],
-        batch_size: 64,
-        half: SetHalf::All,
-    };
-    let r = evaluate_selected(
-        engine,
-        &model,
-        (&valid, &te),
-        &spec,
-        &[],
-        &mut Rng::new(3, 0),
-    );
-    let r = r.unwrap();
+    let scores = [Score::Logp, Score::Mahalanobis(None)];
+    let spec = two_sets(&[OodSet::Uniform, OodSet::Constant], &scores);
+    let r = selected(&model, (&valid, &te), &spec);
     let rows: Vec<_> = r.rows.iter().filter(|x| x.score == "mahalanobis").collect();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|x| x.auroc > 0.9), "{rows:?}");
