@@ -8,8 +8,7 @@ use jem::data::{Dataset, Split};
 use jem::eval::accuracy::accuracy;
 use jem::eval::attack::{AttackConfig, Defence, Norm, attack};
 use jem::eval::calibration::evaluate_calibration;
-use jem::eval::ood::{OodSet, OodSpec, Score, SetHalf, evaluate_ood};
-use jem::eval::ood_fused::fit_scores;
+use jem::eval::ood::{OodSet, OodSpec, Score, SetHalf, evaluate_ood, fit_scores};
 use jem::eval::ood_select::evaluate_selected;
 use jem::eval::run::Run;
 use jem::rng::Rng;
@@ -283,8 +282,7 @@ pub(crate) fn eval_ood(a: OodArgs, device: &jem::Device) -> Result<()> {
         scores
     } else {
         let valid = a.data.limited(run.data(Split::Valid)?)?;
-        let scores = fit_scores(run.engine, &run.model, &valid, &scores, a.data.batch_size)?;
-        jem::eval::ood_maha::fit_scores(&run.model, &valid, &scores, a.data.batch_size)?
+        fit_scores(run.engine, &run.model, &valid, &scores, a.data.batch_size)?
     };
     let spec = OodSpec {
         sets: &sets,

@@ -14,7 +14,7 @@ use crate::data::{DataError, Dataset, DatasetKind, load_files};
 use crate::energy::{Target, input_grad, logsumexp};
 use crate::engine::Engine;
 use crate::eval::metrics::{aupr, auroc, fpr_at_tpr};
-use crate::eval::ood_fused::{FusedFit, fit_of, fit_scores};
+use crate::eval::ood_fused::{self, FusedFit, fit_of};
 use crate::eval::ood_maha::{self, MahalanobisFit};
 use crate::model::Classifier;
 use crate::rng::Rng;
@@ -116,7 +116,7 @@ impl Score {
     }
 
     /// The score [`Score::name`] gives `name` (`logp`, `py`, `pxgrad`, `gradnorm`,
-    /// `energy-t<T>`, `fused`: unfitted).
+    /// `energy-t<T>`; `fused` and `mahalanobis` unfitted).
     pub fn from_name(name: &str) -> Option<Score> {
         match name {
             "logp" => Some(Score::Logp),
@@ -227,7 +227,7 @@ impl clap::ValueEnum for OodSet {
 
 impl Score {
     /// Every score; `energy-t` at temperature 1 (the command line sets its temperature),
-    /// `fused` unfitted.
+    /// `fused` and `mahalanobis` unfitted.
     pub const ALL: [Score; 7] = [
         Score::Logp,
         Score::Py,
@@ -698,6 +698,20 @@ fn edges_for(all: &[&[f64]], bins: usize) -> Vec<f64> {
         .collect()
 }
 
+/// `scores` with every unfitted score fitted on `reference` (labelled in-distribution
+/// images): `fused` by [`ood_fused::fit_scores`], `mahalanobis` by [`ood_maha::fit_scores`].
+/// Nothing is computed for a kind that is absent or already fitted.
+pub fn fit_scores(
+    engine: Engine,
+    model: &Classifier,
+    reference: &Dataset,
+    scores: &[Score],
+    batch_size: usize,
+) -> Result<Vec<Score>> {
+    let scores = ood_fused::fit_scores(engine, model, reference, scores, batch_size)?;
+    ood_maha::fit_scores(model, reference, &scores, batch_size)
+}
+
 /// One histogram per score: the in-distribution values `ins` against each set's.
 fn histograms(
     scores: &[Score],
@@ -730,9 +744,9 @@ fn histograms(
 
 /// Score `inside` and every set of `spec`, and tabulate each (score, set) pair (the data-set
 /// OOD sets as [`ood_images`] reads them). No score is chosen: see
-/// [`crate::eval::ood_select::evaluate_selected`]. An unfitted fused score is fitted on
-/// `inside` (fit it on other in-distribution images first with
-/// [`crate::eval::ood_fused::fit_scores`] to keep `inside` out of its fit).
+/// [`crate::eval::ood_select::evaluate_selected`]. Unfitted `fused` and `mahalanobis` scores
+/// are fitted on `inside` (fit them on other in-distribution images first with
+/// [`fit_scores`] to keep `inside` out of their fits).
 pub fn evaluate_ood(
     engine: Engine,
     model: &Classifier,
@@ -748,7 +762,6 @@ pub fn evaluate_ood(
         half,
     } = *spec;
     let scores = &fit_scores(engine, model, inside, scores, batch_size)?;
-    let scores = &ood_maha::fit_scores(model, inside, scores, batch_size)?;
     let ins = score_images(
         engine,
         model,

@@ -9,9 +9,8 @@ use crate::Result;
 use crate::data::Dataset;
 use crate::engine::Engine;
 use crate::eval::ood::{
-    OodReport, OodSet, OodSpec, ScoreSummary, Selection, SetHalf, evaluate_ood,
+    OodReport, OodSet, OodSpec, ScoreSummary, Selection, SetHalf, evaluate_ood, fit_scores,
 };
-use crate::eval::ood_fused::fit_scores;
 use crate::model::Classifier;
 use crate::rng::Rng;
 
@@ -89,7 +88,6 @@ pub fn evaluate_selected(
 ) -> Result<OodReport> {
     // The fused and Mahalanobis scores are fitted on the validation split, for both evaluations.
     let scores = fit_scores(engine, model, valid, spec.scores, spec.batch_size)?;
-    let scores = crate::eval::ood_maha::fit_scores(model, valid, &scores, spec.batch_size)?;
     let spec = &OodSpec {
         scores: &scores,
         ..*spec

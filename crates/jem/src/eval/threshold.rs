@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::Result;
 use crate::data::{Dataset, Split};
 use crate::error::{CheckpointError, ConfigError};
-use crate::eval::ood::{OodSet, OodSpec, Score, SetHalf, evaluate_ood, ood_images, score_images};
-use crate::eval::ood_fused::fit_scores;
+use crate::eval::ood::{
+    OodSet, OodSpec, Score, SetHalf, evaluate_ood, fit_scores, ood_images, score_images,
+};
 use crate::eval::ood_select::choose;
 use crate::eval::run::Run;
 use crate::eval::store::{eval_dir, load_results};
@@ -198,9 +199,7 @@ pub fn compute(
         Some(s) => (s, "asked for (--score)".to_string()),
         None => default_score(run, &valid, batch_size, rng)?,
     };
-    let score = fit_scores(run.engine, &run.model, &valid, &[score], batch_size)?;
-    let score =
-        crate::eval::ood_maha::fit_scores(&run.model, &valid, &score, batch_size)?.remove(0);
+    let score = fit_scores(run.engine, &run.model, &valid, &[score], batch_size)?.remove(0);
     let shape = valid.shape;
     let on = |images: &[f32]| {
         score_images(
