@@ -479,4 +479,66 @@ impl Classifier {
             Classifier::Wrn(m) => m.features(x),
         }
     }
+
+    /// Penultimate activations and logits from one pass.
+    ///
+    /// # Shapes
+    /// `[b, c, h, w] -> ([b, features], [b, classes])`
+    pub fn features_and_logits(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
+        let f = self.features(x); // [b, features]
+        let logits = match self {
+            Classifier::Cnn(m) => m.head.forward(f.clone()), // [b, classes]
+            Classifier::Wrn(m) => m.head.forward(f.clone()), // [b, classes]
+        };
+        (f, logits)
+    }
+
+    /// The features and logits of host images (`[n, c, h, w]` row-major, each of `shape`), by
+    /// batches of at most `batch_size`, without autodiff: the one batching loop of every
+    /// evaluation that reads a model's outputs through burn.
+    pub fn outputs(&self, images: &[f32], shape: [usize; 3], batch_size: usize) -> Outputs {
+        let device = self.device().inner();
+        let plain = self.valid();
+        let len: usize = shape.iter().product();
+        let [c, h, w] = shape;
+        let mut out = Outputs::default();
+        for chunk in images.chunks(batch_size.max(1) * len.max(1)) {
+            let b = chunk.len() / len.max(1);
+            let x = Tensor::<4>::from_data(TensorData::new(chunk.to_vec(), [b, c, h, w]), &device); // [b, c, h, w]
+            let (f, l) = plain.features_and_logits(x); // [b, d], [b, k]
+            (out.dim, out.classes) = (f.dims()[1], l.dims()[1]);
+            out.features
+                .extend(f.into_data().try_to_vec::<f32>().expect("f32 features"));
+            out.logits
+                .extend(l.into_data().try_to_vec::<f32>().expect("f32 logits"));
+        }
+        out
+    }
+}
+
+/// What [`Classifier::outputs`] computes for `n` images.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outputs {
+    /// Penultimate features, `[n, dim]` row-major.
+    pub features: Vec<f32>,
+    /// Features per image (0 when there were no images).
+    pub dim: usize,
+    /// Logits, `[n, classes]` row-major.
+    pub logits: Vec<f32>,
+    /// Logits per image (0 when there were no images).
+    pub classes: usize,
+}
+
+impl Outputs {
+    /// Each row of logits through a softmax, `[n, classes]` row-major.
+    pub fn probs(&self) -> Vec<f32> {
+        let mut p = self.logits.clone();
+        for row in p.chunks_exact_mut(self.classes.max(1)) {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            row.iter_mut().for_each(|v| *v = (*v - m).exp());
+            let s: f32 = row.iter().sum();
+            row.iter_mut().for_each(|v| *v /= s);
+        }
+        p
+    }
 }

@@ -230,16 +230,7 @@ impl Predictor {
                     let mut k = k.lock().unwrap_or_else(|e| e.into_inner());
                     out.extend(k.forward(chunk, b, shape));
                 }
-                None => {
-                    let [c, h, w] = shape;
-                    let device = self.run.model.device().inner();
-                    let t = Tensor::<4>::from_data(
-                        TensorData::new(chunk.to_vec(), [b, c, h, w]),
-                        &device,
-                    ); // [b, c, h, w]
-                    let l = self.run.model.valid().forward(t); // [b, k]
-                    out.extend(l.into_data().try_to_vec::<f32>().expect("f32 logits"));
-                }
+                None => out.extend(self.run.model.outputs(chunk, shape, b).logits),
             }
         }
         out

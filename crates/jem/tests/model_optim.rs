@@ -55,6 +55,45 @@ fn models_give_logits_for_28x28x1_and_32x32x3() {
     assert!((36_000_000..37_000_000).contains(&n), "{n} parameters");
 }
 
+/// `Classifier::outputs` over host images by batches gives what `features` and `forward` give
+/// on the whole set at once, whatever the batch size (5 images in batches of 2 leave a short
+/// last batch), and its probabilities are the softmax of the logits.
+#[test]
+fn batched_outputs_equal_one_pass_and_softmax() {
+    let d = Device::flex();
+    let m = ModelConfig::cnn(vec![8, 16]).init(1, 10, &d);
+    let mut rng = jem::rng::Rng::new(3, 0);
+    let images: Vec<f32> = (0..5 * 28 * 28)
+        .map(|_| rng.uniform_in(-1.0, 1.0))
+        .collect();
+    let x = Tensor::<4>::from_data(TensorData::new(images.clone(), [5, 1, 28, 28]), &d);
+    let f: Vec<f32> = m.features(x.clone()).into_data().try_to_vec().unwrap();
+    let l: Vec<f32> = m.forward(x).into_data().try_to_vec().unwrap();
+    let close = |a: &[f32], b: &[f32]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()))
+    };
+    for batch in [2, 5, 64] {
+        let o = m.outputs(&images, [1, 28, 28], batch);
+        assert_eq!((o.dim, o.classes), (16, 10), "batch {batch}");
+        assert!(close(&o.features, &f), "features, batch {batch}");
+        assert!(close(&o.logits, &l), "logits, batch {batch}");
+        let p = o.probs();
+        for (row, lrow) in p.chunks_exact(10).zip(l.chunks_exact(10)) {
+            let lse = lrow.iter().map(|v| f64::from(*v).exp()).sum::<f64>().ln();
+            for (q, v) in row.iter().zip(lrow) {
+                assert!((f64::from(*q) - (f64::from(*v) - lse).exp()).abs() < 1e-6);
+            }
+        }
+    }
+    assert_eq!(
+        m.outputs(&[], [1, 28, 28], 4),
+        jem::model::Outputs::default()
+    );
+}
+
 /// The update rule applied by hand, in f64, to a scalar parameter `w0` with gradients `grads`.
 fn reference_updates(cfg: &OptimConfig, w0: f32, grads: &[f32]) -> Vec<f32> {
     let mut out = Vec::new();

@@ -379,10 +379,10 @@ pub fn score_images(
     let rest: Vec<Score> = scores.iter().filter(|s| !of_features(s)).cloned().collect();
     let mut rest =
         score_images_of_outputs(engine, model, images, shape, &rest, batch_size).into_iter();
-    let feats = scores
-        .iter()
-        .any(of_features)
-        .then(|| ood_maha::features(model, images, shape, batch_size));
+    let feats = scores.iter().any(of_features).then(|| {
+        let o = model.outputs(images, shape, batch_size);
+        (o.features, o.dim)
+    });
     scores
         .iter()
         .map(|s| match (s, &feats) {

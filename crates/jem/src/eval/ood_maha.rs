@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
@@ -169,28 +168,6 @@ fn apply(w: &[f32], d: usize, x: impl Iterator<Item = f32>) -> Vec<f32> {
         .collect()
 }
 
-/// Penultimate features of `images` (`[n, c, h, w]`) under `model`, `[n, d]` row-major, and `d`.
-pub fn features(
-    model: &Classifier,
-    images: &[f32],
-    shape: [usize; 3],
-    batch_size: usize,
-) -> (Vec<f32>, usize) {
-    let device = model.device().inner();
-    let plain = model.valid();
-    let len: usize = shape.iter().product();
-    let [c, h, w] = shape;
-    let (mut out, mut d) = (Vec::new(), 0);
-    for chunk in images.chunks(batch_size.max(1) * len) {
-        let b = chunk.len() / len;
-        let x = Tensor::<4>::from_data(TensorData::new(chunk.to_vec(), [b, c, h, w]), &device); // [b, c, h, w]
-        let f = plain.features(x); // [b, d]
-        d = f.dims()[1];
-        out.extend(f.into_data().try_to_vec::<f32>().expect("f32 features"));
-    }
-    (out, d)
-}
-
 /// `scores` with every unfitted [`Score::Mahalanobis`] fitted on `reference`'s features and
 /// labels; the others returned as they are, and nothing computed when none is unfitted.
 pub fn fit_scores(
@@ -202,7 +179,8 @@ pub fn fit_scores(
     if !scores.contains(&Score::Mahalanobis(None)) {
         return Ok(scores.to_vec());
     }
-    let (f, d) = features(model, &reference.images, reference.shape, batch_size);
+    let o = model.outputs(&reference.images, reference.shape, batch_size);
+    let (f, d) = (o.features, o.dim);
     let k = usize::from(reference.labels.iter().copied().max().unwrap_or(0)) + 1;
     let fit = Arc::new(MahalanobisFit::fit(&f, &reference.labels, d, k)?);
     Ok(scores

@@ -10,6 +10,9 @@ use crate::rng::Rng;
 use crate::sgld::SgldConfig;
 use crate::{Error, Result};
 
+/// Images per forward pass when sample quality reads the feature run's outputs.
+const BATCH: usize = 256;
+
 /// Where chains start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -168,29 +171,6 @@ pub struct QualityReport {
     pub n: usize,
 }
 
-/// Penultimate features and class probabilities of `images` under `model`.
-fn features_and_probs(
-    model: &crate::model::Classifier,
-    images: &[f32],
-    shape: [usize; 3],
-) -> (Vec<f32>, Vec<f32>, usize) {
-    let device = model.device().inner();
-    let plain = model.valid();
-    let len: usize = shape.iter().product();
-    let [c, h, w] = shape;
-    let (mut feats, mut probs, mut d) = (Vec::new(), Vec::new(), 0);
-    for chunk in images.chunks(256 * len) {
-        let b = chunk.len() / len;
-        let x = Tensor::<4>::from_data(TensorData::new(chunk.to_vec(), [b, c, h, w]), &device);
-        let f = plain.features(x.clone()); // [b, d]
-        d = f.dims()[1];
-        feats.extend(f.into_data().try_to_vec::<f32>().expect("f32"));
-        let p = burn::tensor::activation::softmax(plain.forward(x), 1); // [b, k]
-        probs.extend(p.into_data().try_to_vec::<f32>().expect("f32"));
-    }
-    (feats, probs, d)
-}
-
 /// Per class `c < classes`, the fraction of its `m` consecutive rows of `probs` (`k` per row)
 /// whose largest probability is class `c`.
 pub fn class_accuracy(probs: &[f32], k: usize, m: usize, classes: usize) -> Vec<f64> {
@@ -246,9 +226,10 @@ pub fn sample_quality(
         &uncond.params,
         rng,
     )?;
-    let (fs, ps, d) = features_and_probs(features, &samples.images, shape);
-    let real = &test.images[..n * test.image_len()];
-    let (fr, pr, _) = features_and_probs(features, real, shape);
+    let of_samples = features.outputs(&samples.images, shape, BATCH);
+    let real = features.outputs(&test.images[..n * test.image_len()], shape, BATCH);
+    let (fs, ps, d) = (&of_samples.features, of_samples.probs(), of_samples.dim);
+    let (fr, pr) = (&real.features, real.probs());
     let half = (n / 2) * d;
     let len = test.image_len();
     // Per-class diversity and sample accuracy need class-conditional samples (none from a
@@ -261,7 +242,7 @@ pub fn sample_quality(
             .chunks(m * len)
             .map(|c| crate::eval::fid::mean_pairwise_distance(c, len))
             .collect();
-        let (_, probs, _) = features_and_probs(features, &s.images, shape);
+        let probs = features.outputs(&s.images, shape, BATCH).probs();
         (diversity, class_accuracy(&probs, k, m, run.num_classes()))
     } else {
         (Vec::new(), Vec::new())
@@ -276,7 +257,7 @@ pub fn sample_quality(
         })
         .collect();
     let report = QualityReport {
-        fid: crate::eval::fid::fid(&fs, &fr, d),
+        fid: crate::eval::fid::fid(fs, fr, d),
         fid_test_halves: crate::eval::fid::fid(&fr[..half], &fr[half..2 * half], d),
         inception_score: crate::eval::fid::inception_score(&ps, k),
         inception_score_test: crate::eval::fid::inception_score(&pr, k),
