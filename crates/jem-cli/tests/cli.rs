@@ -636,6 +636,30 @@ fn bf16_chains_train_and_are_saved_in_the_config() {
     assert!(cfg.contains("precision = \"f32\""), "{cfg}");
 }
 
+/// `--sgld-precision auto` (the recipe's) trains on every CPU: bf16 where the kernel runs
+/// it, f32 elsewhere, and the run's config records the one that ran, not `auto` (the
+/// engines' side of it: `engine::tests::auto_chains_resolve_to_what_the_engine_runs`).
+#[test]
+fn auto_chain_precision_trains_everywhere_and_saves_what_ran() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    jem::data::synthetic::write_synthetic_fashion(&data, 64, 8, 1).unwrap();
+    let want = if jem::cnn_cpu::supports(jem::sgld::Precision::Bf16) {
+        "bf16"
+    } else {
+        "f32"
+    };
+    let out = tmp.path().join("auto");
+    let o = train_tiny(
+        &data,
+        &out,
+        &["--sgld-precision", "auto", "--max-steps", "2"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(cfg.contains(&format!("precision = \"{want}\"")), "{cfg}");
+}
+
 /// `--resume` applies every flag it may (and records it in `config.toml`) and refuses the
 /// others by name; an evaluation refuses a model file with NaN weights and test images of
 /// another shape, naming the file.

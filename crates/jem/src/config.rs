@@ -187,12 +187,12 @@ impl TrainConfig {
         }
         if self.loss.needs_sampling() {
             self.sgld.validate()?;
-            if self.sgld.precision != Precision::F32
+            if !matches!(self.sgld.precision, Precision::F32 | Precision::Auto)
                 && !matches!(self.model, ModelConfig::Cnn { .. })
             {
                 return Err(ConfigError::field(
                     "sgld.precision",
-                    "bf16 chains run in the CPU kernel of the CNN only; use f32 for this model",
+                    "bf16 chains run in the CPU kernel of the CNN only; use f32 (or auto) for this model",
                 ));
             }
             if self.sgld.steps == 0 {

@@ -56,22 +56,30 @@ impl Engine {
         }
     }
 
+    /// The precision the chains run at when a config asks for `precision`: `auto` becomes
+    /// bf16 where this engine runs bf16 chains (the CPU kernel on a CPU with AVX512-BF16) and
+    /// f32 everywhere else; any other value is returned as it is (and checked by
+    /// [`Engine::check_chains`]).
+    pub fn chains_precision(self, precision: Precision) -> Precision {
+        precision.resolve(self == Engine::CnnCpu && cnn_cpu::supports(Precision::Bf16))
+    }
+
     /// `Err` naming `sgld.precision` when this engine cannot run chains at `precision`
-    /// (bf16 needs the CPU kernel, on a CPU with AVX512-BF16).
+    /// (bf16 needs the CPU kernel, on a CPU with AVX512-BF16; `auto` runs everywhere).
     pub fn check_chains(self, precision: Precision) -> Result<(), ConfigError> {
-        if precision == Precision::F32 {
+        if matches!(precision, Precision::F32 | Precision::Auto) {
             return Ok(());
         }
         if self != Engine::CnnCpu {
             return Err(ConfigError::field(
                 "sgld.precision",
-                "bf16 chains run in the CPU kernel of the CNN only (this run's model or device is not the CNN on the CPU); use f32",
+                "bf16 chains run in the CPU kernel of the CNN only (this run's model or device is not the CNN on the CPU); use f32, or auto (bf16 where it runs, else f32)",
             ));
         }
         if !cnn_cpu::supports(precision) {
             return Err(ConfigError::field(
                 "sgld.precision",
-                "bf16 chains need a CPU with AVX512-BF16, which this one lacks (use f32)",
+                "bf16 chains need a CPU with AVX512-BF16, which this one lacks (use f32, or auto: bf16 where it runs, else f32)",
             ));
         }
         Ok(())
@@ -198,5 +206,30 @@ mod tests {
             .to_string();
         assert!(e.contains("sgld.precision"), "{e}");
         assert!(Engine::Autodiff.kernel(&model, Precision::F32).is_none());
+    }
+
+    /// `auto` chains: bf16 only in the kernel on a CPU that runs it, f32 everywhere else; it
+    /// passes the check on every engine, and the other precisions are not changed.
+    #[test]
+    fn auto_chains_resolve_to_what_the_engine_runs() {
+        let bf16 = cnn_cpu::supports(Precision::Bf16);
+        let kernel = if bf16 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+        assert_eq!(Engine::CnnCpu.chains_precision(Precision::Auto), kernel);
+        assert_eq!(
+            Engine::Autodiff.chains_precision(Precision::Auto),
+            Precision::F32
+        );
+        for engine in [Engine::CnnCpu, Engine::Autodiff] {
+            engine.check_chains(Precision::Auto).unwrap();
+            for p in [Precision::F32, Precision::Bf16, Precision::MixedBf16] {
+                assert_eq!(engine.chains_precision(p), p);
+            }
+        }
+        assert_eq!(Precision::Auto.resolve(true), Precision::Bf16);
+        assert_eq!(Precision::Auto.resolve(false), Precision::F32);
     }
 }

@@ -35,6 +35,22 @@ pub enum Precision {
     /// f32 forward pass (exact LeakyReLU slopes), bf16 products in the input gradient only:
     /// gradients within 1e-2 of f32, less of the speed-up.
     MixedBf16,
+    /// `bf16` where the run's chains can run it (the CPU kernel of the CNN on a CPU with
+    /// AVX512-BF16), `f32` everywhere else. A run resolves it once, when it is created or
+    /// resumed ([`crate::engine::Engine::chains_precision`]), logs which it chose and saves
+    /// that one in its `config.toml`; only the passes themselves never see `auto`.
+    Auto,
+}
+
+impl Precision {
+    /// `auto` resolved: `Bf16` when `bf16_runs`, else `F32`; any other value as it is.
+    pub fn resolve(self, bf16_runs: bool) -> Precision {
+        match self {
+            Precision::Auto if bf16_runs => Precision::Bf16,
+            Precision::Auto => Precision::F32,
+            p => p,
+        }
+    }
 }
 
 /// The update rule of the chains.

@@ -27,6 +27,7 @@ use crate::model::Classifier;
 use crate::optim::{OptimConfig, Optimizer};
 use crate::recovery::DivergenceMonitor;
 use crate::rng::Rng;
+use crate::sgld::Precision;
 use crate::step;
 pub use crate::step::{StepInputs, iteration};
 use crate::tensor_file::{params_finite, save_model};
@@ -260,13 +261,23 @@ fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
     Ok((train, valid))
 }
 
-/// The engine a run's config asks for on `device`, with its chains' precision checked.
-fn engine_for(cfg: &TrainConfig, device: &Device) -> Result<Engine> {
+/// The engine a run's config asks for on `device`, with its chains' precision checked and
+/// `auto` resolved in `cfg` (so the run's `config.toml` says which one ran).
+fn engine_for(cfg: &mut TrainConfig, device: &Device) -> Result<Engine> {
     let engine = if cfg.devices.len() > 1 {
         Engine::Autodiff
     } else {
         Engine::for_config(&cfg.model, device)
     };
+    if cfg.sgld.precision == Precision::Auto {
+        cfg.sgld.precision = engine.chains_precision(Precision::Auto);
+        tracing::info!(
+            engine = engine.name(),
+            precision = ?cfg.sgld.precision,
+            "sgld.precision auto: chains run in {:?}",
+            cfg.sgld.precision
+        );
+    }
     if cfg.loss.needs_sampling() {
         engine.check_chains(cfg.sgld.precision)?;
     }
@@ -275,9 +286,9 @@ fn engine_for(cfg: &TrainConfig, device: &Device) -> Result<Engine> {
 
 impl Trainer {
     /// Start a new run in `dir` (created; it must not hold files yet).
-    pub fn create(cfg: TrainConfig, dir: &Path, device: &Device) -> Result<Self> {
+    pub fn create(mut cfg: TrainConfig, dir: &Path, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        let engine = engine_for(&cfg, device)?;
+        let engine = engine_for(&mut cfg, device)?;
         let devices = parallel_devices(&cfg, device)?;
         if dir.exists()
             && std::fs::read_dir(dir)
@@ -356,7 +367,7 @@ impl Trainer {
         adjust(&mut cfg);
         cfg.validate()?;
         cfg.check_resume(&saved)?;
-        let engine = engine_for(&cfg, device)?;
+        let engine = engine_for(&mut cfg, device)?;
         let devices = parallel_devices(&cfg, device)?;
         let mut state = checkpoint::settle(dir)?;
         note_device(&mut state, device, dir);

@@ -324,6 +324,7 @@ impl CnnKernel {
 
     /// [`CnnKernel::from_model`] at `precision` (`None` also where the CPU lacks it).
     pub fn with_precision(model: &Classifier, precision: Precision) -> Option<Self> {
+        let precision = precision.resolve(super::supports(Precision::Bf16));
         if !super::supports(precision) {
             return None;
         }

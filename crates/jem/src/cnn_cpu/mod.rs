@@ -37,11 +37,11 @@ use gemm::Isa;
 pub use kernel::CnnKernel;
 
 /// Whether this CPU runs the kernel at `precision` (f32 needs AVX-512, the bf16 modes
-/// AVX512-BF16 as well).
+/// AVX512-BF16 as well; `auto` runs wherever f32 does, as the best of the two).
 pub fn supports(precision: Precision) -> bool {
     let isa = Isa::detect();
     match precision {
-        Precision::F32 => isa.avx512,
+        Precision::F32 | Precision::Auto => isa.avx512,
         Precision::Bf16 | Precision::MixedBf16 => isa.bf16,
     }
 }
