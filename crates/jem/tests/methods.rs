@@ -62,12 +62,16 @@ fn the_finite_difference_score_term_matches_the_exact_directional_derivative() {
     let exact = to_vec((grad * g.clone().inner()).reshape([4, 784]).sum_dim(1));
     let est = to_vec(score_dot(&model, x, g, 1e-2));
     // f32 rounding of lse bounds the absolute error near |g| ulp(lse) / 2e (about 1e-3
-    // here), so the tolerance is relative to the largest derivative of the batch.
+    // here), so the tolerance is relative to the largest derivative of the batch. The step
+    // (1e-2 g, norm about 0.28) also crosses LeakyReLU kinks, so the quotient is a mean slope
+    // over it: within 1% of the largest derivative for the fixture the CPU kernel trains,
+    // 3% for the one burn's autodiff trains on a CPU without AVX-512. A wrong sign, factor or
+    // step size is off by the derivative itself.
     let scale = exact.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(scale > 0.1, "the fixture should have real gradients");
     for (e, x) in est.iter().zip(&exact) {
         assert!(
-            (e - x).abs() <= 1e-2 * scale,
+            (e - x).abs() <= 5e-2 * scale,
             "finite difference {e} vs exact {x}"
         );
     }
