@@ -66,9 +66,10 @@ pub(crate) fn bench(a: BenchArgs, device: &jem::Device, threads: usize) -> Resul
         println!("{}", serde_json::to_string(&v)?);
     } else {
         println!(
-            "batch {}, {} threads: SGLD step {:.2} ms ({:.1} GFLOP/s; {:.2} ms through autodiff), iteration {:.1} ms ({:.1} GFLOP/s)",
+            "batch {}, {} threads, engine {}: SGLD step {:.2} ms ({:.1} GFLOP/s; {:.2} ms through autodiff), iteration {:.1} ms ({:.1} GFLOP/s)",
             r.batch,
             r.threads,
+            r.engine,
             r.sgld_step_ms,
             r.sgld_gflops,
             r.sgld_step_autodiff_ms,
@@ -81,6 +82,16 @@ pub(crate) fn bench(a: BenchArgs, device: &jem::Device, threads: usize) -> Resul
             r.batch,
             r.batch as f64 / r.forward_ms * 1e3
         );
+        if r.engine != jem::Engine::CnnCpu.name() {
+            println!(
+                "the CPU kernel does not run here{}: training, SGLD and evaluations go through burn's autodiff",
+                if jem::cnn_cpu::supports(jem::sgld::Precision::F32) {
+                    " (not the benchmark CNN on the CPU device)"
+                } else {
+                    " (this CPU has no AVX-512)"
+                }
+            );
+        }
         if let (Some(s), Some(i)) = (r.sgld_step_bf16_ms, r.iteration_bf16_ms) {
             println!(
                 "bf16 chains: SGLD step {s:.2} ms ({:.2}x f32), iteration {i:.1} ms ({:.2}x f32)",

@@ -352,6 +352,13 @@ fn train_resume_eval_sample_bench() {
     for k in ["sgld_step_ms", "iteration_ms", "gflops"] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}");
     }
+    // The report names the engine it timed: on the CPU device (as scripts/test.sh runs the
+    // tests), the kernel exactly where this CPU runs it; autodiff wherever it cannot.
+    let kernel = jem::cnn_cpu::supports(jem::sgld::Precision::F32);
+    if !kernel || std::env::var("JEM_DEVICE").as_deref() == Ok("cpu") {
+        let want = if kernel { "cnn-cpu" } else { "autodiff" };
+        assert_eq!(v["engine"], want, "{}", text(&o));
+    }
 }
 
 #[test]
