@@ -135,7 +135,7 @@ impl Engine {
         rng: &mut Rng,
     ) -> SgldOutput {
         let Some(mut kernel) = self.kernel(model, params.precision) else {
-            if params.precision != Precision::F32 {
+            if !matches!(params.precision, Precision::F32 | Precision::Auto) {
                 tracing::warn!("bf16 chains need the CPU kernel of the CNN; these run in f32");
             }
             return sgld::chains_tensor(start, params, rng, |x| {
