@@ -497,23 +497,50 @@ impl Classifier {
     /// batches of at most `batch_size`, without autodiff: the one batching loop of every
     /// evaluation that reads a model's outputs through burn.
     pub fn outputs(&self, images: &[f32], shape: [usize; 3], batch_size: usize) -> Outputs {
+        let mut out = Outputs::default();
+        self.by_batches(images, shape, batch_size, |plain, x| {
+            let (f, l) = plain.features_and_logits(x); // [b, d], [b, k]
+            (out.dim, out.classes) = (f.dims()[1], l.dims()[1]);
+            out.features.extend(host(f));
+            out.logits.extend(host(l));
+        });
+        out
+    }
+
+    /// The logits alone of host images, as [`Classifier::outputs`] computes them, `[n, classes]`
+    /// row-major (no features leave the device: what serving needs).
+    pub fn logits(&self, images: &[f32], shape: [usize; 3], batch_size: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.by_batches(images, shape, batch_size, |plain, x| {
+            out.extend(host(plain.forward(x))); // [b, k]
+        });
+        out
+    }
+
+    /// `f(plain, x)` for each batch `x` (`[b, c, h, w]`, at most `batch_size` images) of host
+    /// `images`, `plain` being this model without autodiff.
+    fn by_batches(
+        &self,
+        images: &[f32],
+        shape: [usize; 3],
+        batch_size: usize,
+        mut f: impl FnMut(&Classifier, Tensor<4>),
+    ) {
         let device = self.device().inner();
         let plain = self.valid();
         let len: usize = shape.iter().product();
         let [c, h, w] = shape;
-        let mut out = Outputs::default();
         for chunk in images.chunks(batch_size.max(1) * len.max(1)) {
             let b = chunk.len() / len.max(1);
             let x = Tensor::<4>::from_data(TensorData::new(chunk.to_vec(), [b, c, h, w]), &device); // [b, c, h, w]
-            let (f, l) = plain.features_and_logits(x); // [b, d], [b, k]
-            (out.dim, out.classes) = (f.dims()[1], l.dims()[1]);
-            out.features
-                .extend(f.into_data().try_to_vec::<f32>().expect("f32 features"));
-            out.logits
-                .extend(l.into_data().try_to_vec::<f32>().expect("f32 logits"));
+            f(&plain, x);
         }
-        out
     }
+}
+
+/// A 2-D f32 tensor's values on the host, row-major.
+fn host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("f32 outputs")
 }
 
 /// What [`Classifier::outputs`] computes for `n` images.
@@ -527,18 +554,4 @@ pub struct Outputs {
     pub logits: Vec<f32>,
     /// Logits per image (0 when there were no images).
     pub classes: usize,
-}
-
-impl Outputs {
-    /// Each row of logits through a softmax, `[n, classes]` row-major.
-    pub fn probs(&self) -> Vec<f32> {
-        let mut p = self.logits.clone();
-        for row in p.chunks_exact_mut(self.classes.max(1)) {
-            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            row.iter_mut().for_each(|v| *v = (*v - m).exp());
-            let s: f32 = row.iter().sum();
-            row.iter_mut().for_each(|v| *v /= s);
-        }
-        p
-    }
 }

@@ -230,7 +230,7 @@ impl Predictor {
                     let mut k = k.lock().unwrap_or_else(|e| e.into_inner());
                     out.extend(k.forward(chunk, b, shape));
                 }
-                None => out.extend(self.run.model.outputs(chunk, shape, b).logits),
+                None => out.extend(self.run.model.logits(chunk, shape, b)),
             }
         }
         out

@@ -171,6 +171,14 @@ pub struct QualityReport {
     pub n: usize,
 }
 
+/// Each row of `logits` (`k` per row) through a softmax ([`crate::cnn_cpu::softmax`]).
+fn probs(logits: &[f32], k: usize) -> Vec<f32> {
+    logits
+        .chunks_exact(k.max(1))
+        .flat_map(|row| crate::cnn_cpu::softmax(row).1)
+        .collect()
+}
+
 /// Per class `c < classes`, the fraction of its `m` consecutive rows of `probs` (`k` per row)
 /// whose largest probability is class `c`.
 pub fn class_accuracy(probs: &[f32], k: usize, m: usize, classes: usize) -> Vec<f64> {
@@ -228,8 +236,8 @@ pub fn sample_quality(
     )?;
     let of_samples = features.outputs(&samples.images, shape, BATCH);
     let real = features.outputs(&test.images[..n * test.image_len()], shape, BATCH);
-    let (fs, ps, d) = (&of_samples.features, of_samples.probs(), of_samples.dim);
-    let (fr, pr) = (&real.features, real.probs());
+    let (fs, fr, d) = (&of_samples.features, &real.features, of_samples.dim);
+    let (ps, pr) = (probs(&of_samples.logits, k), probs(&real.logits, k));
     let half = (n / 2) * d;
     let len = test.image_len();
     // Per-class diversity and sample accuracy need class-conditional samples (none from a
@@ -242,8 +250,8 @@ pub fn sample_quality(
             .chunks(m * len)
             .map(|c| crate::eval::fid::mean_pairwise_distance(c, len))
             .collect();
-        let probs = features.outputs(&s.images, shape, BATCH).probs();
-        (diversity, class_accuracy(&probs, k, m, run.num_classes()))
+        let p = probs(&features.logits(&s.images, shape, BATCH), k);
+        (diversity, class_accuracy(&p, k, m, run.num_classes()))
     } else {
         (Vec::new(), Vec::new())
     };
