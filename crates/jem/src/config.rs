@@ -21,7 +21,7 @@ use crate::model::ModelConfig;
 use crate::optim::OptimConfig;
 pub use crate::recovery::RecoveryConfig;
 pub use crate::schedule::ScheduleConfig;
-use crate::sgld::{Precision, SgldConfig};
+use crate::sgld::SgldConfig;
 
 /// The recipes shipped in the repository's `recipes/` folder, by name (built into the
 /// library, so `jem train --recipe NAME` works from any directory).
@@ -187,9 +187,7 @@ impl TrainConfig {
         }
         if self.loss.needs_sampling() {
             self.sgld.validate()?;
-            if !matches!(self.sgld.precision, Precision::F32 | Precision::Auto)
-                && !matches!(self.model, ModelConfig::Cnn { .. })
-            {
+            if self.sgld.precision.needs_bf16() && !matches!(self.model, ModelConfig::Cnn { .. }) {
                 return Err(ConfigError::field(
                     "sgld.precision",
                     "bf16 chains run in the CPU kernel of the CNN only; use f32 (or auto) for this model",
@@ -383,7 +381,7 @@ mod tests {
     #[test]
     fn sgld_precision_round_trips_and_is_validated() {
         let mut c = TrainConfig::default();
-        c.sgld.precision = Precision::MixedBf16;
+        c.sgld.precision = crate::sgld::Precision::MixedBf16;
         let text = c.to_toml();
         assert!(text.contains("precision = \"mixed-bf16\""), "{text}");
         assert_eq!(TrainConfig::from_toml(&text).unwrap(), c);

@@ -67,7 +67,7 @@ impl Engine {
     /// `Err` naming `sgld.precision` when this engine cannot run chains at `precision`
     /// (bf16 needs the CPU kernel, on a CPU with AVX512-BF16; `auto` runs everywhere).
     pub fn check_chains(self, precision: Precision) -> Result<(), ConfigError> {
-        if matches!(precision, Precision::F32 | Precision::Auto) {
+        if !precision.needs_bf16() {
             return Ok(());
         }
         if self != Engine::CnnCpu {
@@ -135,7 +135,7 @@ impl Engine {
         rng: &mut Rng,
     ) -> SgldOutput {
         let Some(mut kernel) = self.kernel(model, params.precision) else {
-            if !matches!(params.precision, Precision::F32 | Precision::Auto) {
+            if params.precision.needs_bf16() {
                 tracing::warn!("bf16 chains need the CPU kernel of the CNN; these run in f32");
             }
             return sgld::chains_tensor(start, params, rng, |x| {

@@ -43,6 +43,12 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Whether these chains need bf16 products (the CPU kernel on AVX512-BF16): `bf16` and
+    /// `mixed-bf16`; `f32` and `auto` run everywhere.
+    pub fn needs_bf16(self) -> bool {
+        matches!(self, Precision::Bf16 | Precision::MixedBf16)
+    }
+
     /// `auto` resolved: `Bf16` when `bf16_runs`, else `F32`; any other value as it is.
     pub fn resolve(self, bf16_runs: bool) -> Precision {
         match self {
