@@ -256,6 +256,10 @@ fn the_threshold_accepts_its_share_of_validation_images_and_the_predictor_applie
     assert_eq!((fit.n, fit.dim, fit.classes), (32, 8, 10));
     assert!(maha.tpr_valid >= 0.9, "{maha:?}");
     maha.save(&out).unwrap();
+    // Its matrices go to a tensor file; the JSON keeps the rest and the matrices' hash.
+    let json = std::fs::read_to_string(out.join(threshold::FILE)).unwrap();
+    assert!(!json.contains("whiten") && json.contains("fnv1a"), "{json}");
+    assert!(out.join(threshold::TENSORS).is_file());
     // The fit comes back exactly; the threshold to the last bits of an f64 (serde_json's
     // parser may differ from the exact value by one unit in the last place).
     let back = OodThreshold::load(&out).unwrap().unwrap();
@@ -282,6 +286,28 @@ fn the_threshold_accepts_its_share_of_validation_images_and_the_predictor_applie
             p.ood_score
         );
     }
+    // A tensor file that is not the one the JSON names, or none, is an error naming it; a
+    // file of the older format (the matrices inline) still loads.
+    let tensors = out.join(threshold::TENSORS);
+    let mut other = fit.as_ref().clone();
+    other.whiten[0] += 1.0;
+    let keep = std::fs::read(&tensors).unwrap();
+    other.write_tensors(&tensors, maha.step).unwrap();
+    let e = OodThreshold::load(&out).unwrap_err().to_string();
+    assert!(
+        e.contains(threshold::TENSORS) && e.contains("jem threshold"),
+        "{e}"
+    );
+    std::fs::remove_file(&tensors).unwrap();
+    let e = OodThreshold::load(&out).unwrap_err().to_string();
+    assert!(e.contains(threshold::TENSORS), "{e}");
+    std::fs::write(&tensors, keep).unwrap();
+    assert_eq!(OodThreshold::load(&out).unwrap().unwrap().score, maha.score);
+    let inline = serde_json::to_string(&maha).unwrap();
+    assert!(inline.contains("whiten"));
+    std::fs::write(out.join(threshold::FILE), inline).unwrap();
+    std::fs::remove_file(&tensors).unwrap();
+    assert_eq!(OodThreshold::load(&out).unwrap().unwrap().score, maha.score);
     t.save(&out).unwrap();
     assert_eq!(OodThreshold::load(&out).unwrap().as_ref(), Some(&t));
 

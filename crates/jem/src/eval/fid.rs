@@ -69,23 +69,36 @@ pub fn mean_cov(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
         }
     }
     mu.iter_mut().for_each(|m| *m /= n.max(1) as f64);
-    let mut cov = vec![0.0f64; d * d];
-    for row in x.chunks_exact(d) {
-        let c: Vec<f64> = row.iter().zip(&mu).map(|(&v, m)| v as f64 - m).collect();
-        for i in 0..d {
-            for j in i..d {
-                cov[i * d + j] += c[i] * c[j];
-            }
-        }
-    }
+    let mut cov = scatter(x.chunks_exact(d).map(|row| (row, &mu[..])), d);
     let denom = (n.max(2) - 1) as f64;
-    for i in 0..d {
-        for j in i..d {
-            cov[i * d + j] /= denom;
-            cov[j * d + i] = cov[i * d + j];
+    cov.iter_mut().for_each(|c| *c /= denom);
+    (mu, cov)
+}
+
+/// The scatter matrix `sum_i (x_i - m_i)(x_i - m_i)^T` (`[d, d]`, row-major) of the rows
+/// `x_i`, each with its own centre `m_i` (the set's mean for a covariance, the class mean
+/// for a pooled within-class covariance).
+pub fn scatter<'a>(rows: impl Iterator<Item = (&'a [f32], &'a [f64])>, d: usize) -> Vec<f64> {
+    let mut s = vec![0.0f64; d * d];
+    let mut c = vec![0.0f64; d];
+    for (row, centre) in rows {
+        c.iter_mut()
+            .zip(row.iter().zip(centre))
+            .for_each(|(c, (&v, m))| *c = f64::from(v) - m);
+        for i in 0..d {
+            let ci = c[i];
+            s[i * d + i..(i + 1) * d]
+                .iter_mut()
+                .zip(&c[i..])
+                .for_each(|(s, cj)| *s += ci * cj);
         }
     }
-    (mu, cov)
+    for i in 0..d {
+        for j in i + 1..d {
+            s[j * d + i] = s[i * d + j];
+        }
+    }
+    s
 }
 
 fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
@@ -189,6 +202,22 @@ mod tests {
         assert!((w[0] - 1.0).abs() < 1e-12 && (w[1] - 3.0).abs() < 1e-12);
         let c0 = [v[0], v[2]];
         assert!((c0[0].abs() - 0.5f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn scatter_and_covariance_by_hand() {
+        // Rows (1, 2), (3, 6) around their mean (2, 4): residuals (-1, -2), (1, 2), scatter
+        // [[2, 4], [4, 8]], unbiased covariance the same (n - 1 = 1).
+        let (mu, cov) = mean_cov(&[1.0, 2.0, 3.0, 6.0], 2);
+        assert_eq!(mu, vec![2.0, 4.0]);
+        assert_eq!(cov, vec![2.0, 4.0, 4.0, 8.0]);
+        // Each row around its own centre, as the pooled within-class covariance uses it:
+        // residuals (1, 0, -1) and (0, 2, 1) give the sum of their outer products.
+        let rows = [[2.0f32, 1.0, 0.0], [1.0, 3.0, 2.0]];
+        let centres = [[1.0f64, 1.0, 1.0], [1.0, 1.0, 1.0]];
+        let s = scatter(rows.iter().zip(&centres).map(|(r, c)| (&r[..], &c[..])), 3);
+        let want = [1.0, 0.0, -1.0, 0.0, 4.0, 2.0, -1.0, 2.0, 2.0];
+        assert_eq!(s, want);
     }
 
     #[test]

@@ -7,15 +7,19 @@
 //! eigen-decomposition `S = V L V^T`, with the means as `W mu_c`), so a score is one
 //! matrix-vector product and `k` squared distances.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::data::{DataError, Dataset};
-use crate::eval::fid::symmetric_eigen;
+use crate::error::CheckpointError;
+use crate::eval::fid::{scatter, symmetric_eigen};
 use crate::eval::ood::Score;
 use crate::model::Classifier;
+use crate::tensor_file::{read_safetensors, write_safetensors};
 
 /// Ridge added to the covariance's eigenvalues, relative to their mean: keeps directions the
 /// validation features do not span (dead units) from dominating the distance.
@@ -30,9 +34,12 @@ pub struct MahalanobisFit {
     pub classes: usize,
     /// Images it was fitted on.
     pub n: usize,
-    /// The whitening matrix `W`, `[d, d]` row-major.
+    /// The whitening matrix `W`, `[d, d]` row-major (empty in a threshold file that keeps
+    /// it in its tensor file, [`FitTensors`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub whiten: Vec<f32>,
-    /// The whitened class means `W mu_c`, `[k, d]` row-major.
+    /// The whitened class means `W mu_c`, `[k, d]` row-major (empty where `whiten` is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub means: Vec<f32>,
 }
 
@@ -65,22 +72,13 @@ impl MahalanobisFit {
         for (m, &c) in mu.chunks_exact_mut(dim).zip(&count) {
             m.iter_mut().for_each(|v| *v /= c.max(1) as f64);
         }
-        let mut cov = vec![0.0f64; dim * dim];
-        let mut r = vec![0.0f64; dim];
-        for (f, &y) in features.chunks_exact(dim).zip(labels) {
-            let m = &mu[usize::from(y) * dim..][..dim];
-            r.iter_mut()
-                .zip(f)
-                .zip(m)
-                .for_each(|((r, &v), m)| *r = f64::from(v) - m);
-            for i in 0..dim {
-                let ri = r[i];
-                cov[i * dim..(i + 1) * dim]
-                    .iter_mut()
-                    .zip(&r)
-                    .for_each(|(c, rj)| *c += ri * rj);
-            }
-        }
+        // The pooled within-class covariance, by maximum likelihood (divided by n), as in
+        // Lee et al. (2018).
+        let residuals = features
+            .chunks_exact(dim)
+            .zip(labels)
+            .map(|(f, &y)| (f, &mu[usize::from(y) * dim..][..dim]));
+        let mut cov = scatter(residuals, dim);
         cov.iter_mut().for_each(|c| *c /= n as f64);
         let (lambda, v) = symmetric_eigen(&cov, dim);
         let ridge = RIDGE * lambda.iter().map(|l| l.max(0.0)).sum::<f64>() / dim as f64;
@@ -134,6 +132,93 @@ impl MahalanobisFit {
             })
             .fold(f64::INFINITY, f64::min);
         -nearest
+    }
+}
+
+/// Where a saved fit keeps its matrices: a safetensors file beside the JSON file that names
+/// it (a 256-wide fit is 65,536 numbers, too many to read as JSON), with a hash that ties the
+/// two files together.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FitTensors {
+    /// The tensor file's name, in the JSON file's directory.
+    pub file: String,
+    /// FNV-1a (64-bit, hex) of the matrices' little-endian bytes, `whiten` then `means`.
+    pub fnv1a: String,
+}
+
+impl MahalanobisFit {
+    /// The same fit without its matrices (for a JSON file whose [`FitTensors`] hold them).
+    pub fn without_tensors(&self) -> MahalanobisFit {
+        MahalanobisFit {
+            whiten: Vec::new(),
+            means: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Write the matrices to `path` (safetensors, atomically, tagged with `step`).
+    pub fn write_tensors(&self, path: &Path, step: u64) -> Result<FitTensors> {
+        let (d, k) = (self.dim, self.classes);
+        write_safetensors(
+            path,
+            step,
+            HashMap::new(),
+            &[
+                ("whiten", &self.whiten, &[d, d]),
+                ("means", &self.means, &[k, d]),
+            ],
+        )?;
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+        Ok(FitTensors {
+            file: file.unwrap_or_default(),
+            fnv1a: self.fnv1a(),
+        })
+    }
+
+    /// This fit's matrices read from `tensors` in `dir`, which must carry `step` and the
+    /// hash the JSON file recorded.
+    pub fn read_tensors(&self, dir: &Path, tensors: &FitTensors, step: u64) -> Result<Self> {
+        let path = dir.join(&tensors.file);
+        let mut f = read_safetensors(&path, step)?;
+        let fit = MahalanobisFit {
+            whiten: f.take("whiten")?.0,
+            means: f.take("means")?.0,
+            ..self.clone()
+        };
+        fit.check(&path)?;
+        if fit.fnv1a() != tensors.fnv1a {
+            let why = "its matrices are not the ones the threshold file was saved with (a write was interrupted): run `jem threshold` again";
+            return Err(CheckpointError::corrupt(&path, why).into());
+        }
+        Ok(fit)
+    }
+
+    /// `Err` naming `path` when the matrices do not have the sizes `dim` and `classes` give.
+    pub fn check(&self, path: &Path) -> Result<()> {
+        let (d, k) = (self.dim, self.classes);
+        if d == 0 || self.whiten.len() != d * d || self.means.len() != k * d {
+            let why = format!(
+                "the mahalanobis fit of dimension {d} and {k} classes has {} whitening and {} mean values (want {} and {})",
+                self.whiten.len(),
+                self.means.len(),
+                d * d,
+                k * d
+            );
+            return Err(CheckpointError::corrupt(path, why).into());
+        }
+        Ok(())
+    }
+
+    fn fnv1a(&self) -> String {
+        let bytes = self
+            .whiten
+            .iter()
+            .chain(&self.means)
+            .flat_map(|v| v.to_le_bytes());
+        let h = bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{h:016x}")
     }
 }
 

@@ -5,6 +5,7 @@
 //! test split.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,7 @@ use crate::error::{CheckpointError, ConfigError};
 use crate::eval::ood::{
     OodSet, OodSpec, Score, SetHalf, evaluate_ood, fit_scores, ood_images, score_images,
 };
+use crate::eval::ood_maha::FitTensors;
 use crate::eval::ood_select::choose;
 use crate::eval::run::Run;
 use crate::eval::store::{eval_dir, load_results};
@@ -22,6 +24,9 @@ use crate::tensor_file::write_atomic;
 
 /// The threshold file's name in a run directory.
 pub const FILE: &str = "ood-threshold.json";
+
+/// The file beside it that holds a Mahalanobis fit's matrices.
+pub const TENSORS: &str = "ood-threshold.safetensors";
 
 /// The sets a default score is chosen on when the run has no saved `jem eval ood --select`.
 const CHOOSE_ON: [OodSet; 5] = [
@@ -62,6 +67,11 @@ pub struct OodThreshold {
     pub fpr: Vec<SetFpr>,
     /// The checkpoint step of the model it was set for.
     pub step: u64,
+    /// In the file only: where a Mahalanobis fit keeps its matrices ([`TENSORS`]). `None`
+    /// in memory (the score holds the whole fit), for the other scores, and in files that
+    /// hold the matrices inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fit_tensors: Option<FitTensors>,
 }
 
 impl OodThreshold {
@@ -79,8 +89,16 @@ impl OodThreshold {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(crate::Error::io(path, e)),
         };
-        let t: OodThreshold = serde_json::from_str(&text)
+        let mut t: OodThreshold = serde_json::from_str(&text)
             .map_err(|e| CheckpointError::corrupt(&path, format!("not a threshold file: {e}")))?;
+        if let Score::Mahalanobis(Some(fit)) = &t.score {
+            let fit = match t.fit_tensors.take() {
+                Some(tensors) => fit.read_tensors(run_dir, &tensors, t.step)?,
+                None => fit.as_ref().clone(),
+            };
+            fit.check(&path)?;
+            t.score = Score::Mahalanobis(Some(Arc::new(fit)));
+        }
         if t.score == Score::Mahalanobis(None) {
             return Err(CheckpointError::corrupt(
                 &path,
@@ -98,10 +116,16 @@ impl OodThreshold {
         Ok(Some(t))
     }
 
-    /// Write it to `run_dir`, atomically; returns the path.
+    /// Write it to `run_dir`, atomically; returns the path. A Mahalanobis fit's matrices go
+    /// to [`TENSORS`] first, and the JSON file, written last, names them by their hash.
     pub fn save(&self, run_dir: &Path) -> Result<PathBuf> {
         let path = run_dir.join(FILE);
-        let text = serde_json::to_string_pretty(self).expect("a threshold serialises");
+        let mut out = self.clone();
+        if let Score::Mahalanobis(Some(fit)) = &self.score {
+            out.fit_tensors = Some(fit.write_tensors(&run_dir.join(TENSORS), self.step)?);
+            out.score = Score::Mahalanobis(Some(Arc::new(fit.without_tensors())));
+        }
+        let text = serde_json::to_string_pretty(&out).expect("a threshold serialises");
         write_atomic(&path, text.as_bytes())?;
         Ok(path)
     }
@@ -234,6 +258,7 @@ pub fn compute(
         n_valid: inside.len(),
         fpr,
         step: run.state.step,
+        fit_tensors: None,
     })
 }
 
