@@ -89,7 +89,7 @@ fn read_checked(
         return Err(CheckpointError::corrupt(
             path,
             format!(
-                "belongs to step {found:?} but state.json is at step {step}: the checkpoint is inconsistent (a write was interrupted)"
+                "belongs to step {found:?} but the files saved with it are at step {step}: the checkpoint is inconsistent (a write was interrupted)"
             ),
         ));
     }

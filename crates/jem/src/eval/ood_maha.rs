@@ -150,9 +150,11 @@ impl MahalanobisFit {
     /// The same fit without its matrices (for a JSON file whose [`FitTensors`] hold them).
     pub fn without_tensors(&self) -> MahalanobisFit {
         MahalanobisFit {
+            dim: self.dim,
+            classes: self.classes,
+            n: self.n,
             whiten: Vec::new(),
             means: Vec::new(),
-            ..self.clone()
         }
     }
 

@@ -92,12 +92,13 @@ impl OodThreshold {
         let mut t: OodThreshold = serde_json::from_str(&text)
             .map_err(|e| CheckpointError::corrupt(&path, format!("not a threshold file: {e}")))?;
         if let Score::Mahalanobis(Some(fit)) = &t.score {
-            let fit = match t.fit_tensors.take() {
-                Some(tensors) => fit.read_tensors(run_dir, &tensors, t.step)?,
-                None => fit.as_ref().clone(),
-            };
-            fit.check(&path)?;
-            t.score = Score::Mahalanobis(Some(Arc::new(fit)));
+            match t.fit_tensors.take() {
+                Some(tensors) => {
+                    let full = fit.read_tensors(run_dir, &tensors, t.step)?;
+                    t.score = Score::Mahalanobis(Some(Arc::new(full)));
+                }
+                None => fit.check(&path)?, // the older format: the matrices inline
+            }
         }
         if t.score == Score::Mahalanobis(None) {
             return Err(CheckpointError::corrupt(
