@@ -56,12 +56,40 @@ impl Engine {
         }
     }
 
-    /// The precision the chains run at when a config asks for `precision`: `auto` becomes
-    /// bf16 where this engine runs bf16 chains (the CPU kernel on a CPU with AVX512-BF16) and
-    /// f32 everywhere else; any other value is returned as it is (and checked by
-    /// [`Engine::check_chains`]).
-    pub fn chains_precision(self, precision: Precision) -> Precision {
-        precision.resolve(self == Engine::CnnCpu && cnn_cpu::supports(Precision::Bf16))
+    /// The precision the chains of a `model` network run at when a config asks for
+    /// `precision`, for `chains` chains of images of `shape` and `classes` classes: `auto`
+    /// becomes bf16 only where this engine runs bf16 chains (the CPU kernel on a CPU with
+    /// AVX512-BF16) *and* bf16 input gradients of this network at this batch are timed at
+    /// least [`AUTO_BF16_MIN_SPEEDUP`] times as fast as f32 ([`bf16_speedup`], on a network
+    /// of this shape with seed-0 weights); f32 everywhere else. Any other value is returned
+    /// as it is (and checked by [`Engine::check_chains`]).
+    ///
+    /// bf16 is not faster on every CPU that has it: `jem bench` measured its SGLD step at
+    /// 1.6x f32 on an AMD EPYC with AVX-512 and at 0.7x on an Intel Xeon with AVX512-BF16.
+    pub fn chains_precision(
+        self,
+        precision: Precision,
+        model: &ModelConfig,
+        shape: [usize; 3],
+        classes: usize,
+        chains: usize,
+    ) -> Precision {
+        if precision != Precision::Auto {
+            return precision;
+        }
+        let speedup = (self == Engine::CnnCpu && cnn_cpu::supports(Precision::Bf16))
+            .then(|| {
+                let net = model.init(shape[0], classes, &Device::flex());
+                bf16_speedup(&net, chains, shape)
+            })
+            .flatten();
+        let chosen = auto_precision(speedup);
+        tracing::info!(
+            engine = self.name(),
+            bf16_speedup = speedup,
+            "sgld.precision auto: chains run in {chosen:?}"
+        );
+        chosen
     }
 
     /// `Err` naming `sgld.precision` when this engine cannot run chains at `precision`
@@ -157,6 +185,52 @@ impl Engine {
     }
 }
 
+/// How many times as fast as f32 bf16 chains must be for `auto` to choose them: f32 gives the
+/// exact LeakyReLU slopes, so bf16 has to pay for its rounding.
+pub const AUTO_BF16_MIN_SPEEDUP: f64 = 1.1;
+
+/// What `auto` chains become for a measured bf16 speed-up over f32 (`None`: bf16 cannot run).
+pub fn auto_precision(bf16_speedup: Option<f64>) -> Precision {
+    match bf16_speedup {
+        Some(s) if s >= AUTO_BF16_MIN_SPEEDUP => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
+
+/// f32 time over bf16 time of the CPU kernel's input gradient of `model` for a batch of
+/// `chains` images of `shape` (the work of one SGLD step), median of interleaved timings
+/// after a warm-up; `None` where the kernel cannot run `model` in bf16 on this CPU.
+pub fn bf16_speedup(model: &Classifier, chains: usize, shape: [usize; 3]) -> Option<f64> {
+    const REPS: usize = 7;
+    let mut f32_kernel = CnnKernel::with_precision(model, Precision::F32)?;
+    let mut bf16_kernel = CnnKernel::with_precision(model, Precision::Bf16)?;
+    let b = chains.max(1);
+    let mut x = vec![0.0f32; b * shape.iter().product::<usize>()];
+    Rng::new(0, AUTO_TIMING_STREAM).fill_uniform(&mut x, -1.0, 1.0);
+    let time = |kernel: &mut CnnKernel| {
+        let t = std::time::Instant::now();
+        let (g, _) = kernel.input_grad(&x, b, shape, HostTarget::Marginal);
+        std::hint::black_box(g);
+        t.elapsed().as_secs_f64()
+    };
+    let (mut f32_s, mut bf16_s) = (Vec::with_capacity(REPS), Vec::with_capacity(REPS));
+    for rep in 0..REPS + 2 {
+        let (f, h) = (time(&mut f32_kernel), time(&mut bf16_kernel));
+        if rep >= 2 {
+            f32_s.push(f);
+            bf16_s.push(h);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Some(median(f32_s) / median(bf16_s).max(1e-12))
+}
+
+/// The generator stream of the random inputs [`bf16_speedup`] times (not the run's).
+const AUTO_TIMING_STREAM: u64 = 0x4155_544f;
+
 fn host_target(labels: &Option<Vec<usize>>) -> HostTarget<'_> {
     match labels {
         None => HostTarget::Marginal,
@@ -208,27 +282,36 @@ mod tests {
         assert!(Engine::Autodiff.kernel(&model, Precision::F32).is_none());
     }
 
-    /// `auto` chains: bf16 only in the kernel on a CPU that runs it, f32 everywhere else; it
-    /// passes the check on every engine, and the other precisions are not changed.
+    /// `auto` chains: bf16 only in the kernel on a CPU that runs it, and there only where it
+    /// was timed faster than f32 by the margin; f32 everywhere else. `auto` passes the check
+    /// on every engine, and the other precisions are not changed.
     #[test]
     fn auto_chains_resolve_to_what_the_engine_runs() {
-        let bf16 = cnn_cpu::supports(Precision::Bf16);
-        let kernel = if bf16 {
-            Precision::Bf16
+        let cfg = ModelConfig::cnn(vec![8, 16]);
+        let model = cfg.init(1, 10, &Device::flex());
+        let at = |engine: Engine, p| engine.chains_precision(p, &cfg, [1, 28, 28], 10, 16);
+        let auto = at(Engine::CnnCpu, Precision::Auto);
+        let speedup = bf16_speedup(&model, 16, [1, 28, 28]);
+        assert_eq!(speedup.is_some(), cnn_cpu::supports(Precision::Bf16));
+        if speedup.is_none() {
+            assert_eq!(auto, Precision::F32);
         } else {
-            Precision::F32
-        };
-        assert_eq!(Engine::CnnCpu.chains_precision(Precision::Auto), kernel);
-        assert_eq!(
-            Engine::Autodiff.chains_precision(Precision::Auto),
-            Precision::F32
-        );
+            assert!(matches!(auto, Precision::F32 | Precision::Bf16), "{auto:?}");
+            assert!(speedup.unwrap().is_finite() && speedup.unwrap() > 0.0);
+        }
+        assert_eq!(at(Engine::Autodiff, Precision::Auto), Precision::F32);
         for engine in [Engine::CnnCpu, Engine::Autodiff] {
             engine.check_chains(Precision::Auto).unwrap();
             for p in [Precision::F32, Precision::Bf16, Precision::MixedBf16] {
-                assert_eq!(engine.chains_precision(p), p);
+                assert_eq!(at(engine, p), p);
             }
         }
+        // The rule itself: bf16 only when it runs and pays by the margin.
+        assert_eq!(auto_precision(None), Precision::F32);
+        assert_eq!(auto_precision(Some(0.7)), Precision::F32);
+        assert_eq!(auto_precision(Some(1.05)), Precision::F32);
+        assert_eq!(auto_precision(Some(AUTO_BF16_MIN_SPEEDUP)), Precision::Bf16);
+        assert_eq!(auto_precision(Some(1.6)), Precision::Bf16);
         assert_eq!(Precision::Auto.resolve(true), Precision::Bf16);
         assert_eq!(Precision::Auto.resolve(false), Precision::F32);
     }

@@ -36,9 +36,11 @@ pub enum Precision {
     /// gradients within 1e-2 of f32, less of the speed-up.
     MixedBf16,
     /// `bf16` where the run's chains can run it (the CPU kernel of the CNN on a CPU with
-    /// AVX512-BF16), `f32` everywhere else. A run resolves it once, when it is created or
-    /// resumed ([`crate::engine::Engine::chains_precision`]), logs which it chose and saves
-    /// that one in its `config.toml`; only the passes themselves never see `auto`.
+    /// AVX512-BF16) and it is timed faster than f32 there, `f32` everywhere else. A run
+    /// resolves it once, when it is created or resumed
+    /// ([`crate::engine::Engine::chains_precision`]), logs which it chose and the measured
+    /// speed-up, and saves that one in its `config.toml`; the passes themselves never see
+    /// `auto` (a kernel built directly with `auto` takes bf16 where it runs, untimed).
     Auto,
 }
 

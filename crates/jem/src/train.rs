@@ -27,7 +27,6 @@ use crate::model::Classifier;
 use crate::optim::{OptimConfig, Optimizer};
 use crate::recovery::DivergenceMonitor;
 use crate::rng::Rng;
-use crate::sgld::Precision;
 use crate::step;
 pub use crate::step::{StepInputs, iteration};
 use crate::tensor_file::{params_finite, save_model};
@@ -269,15 +268,15 @@ fn engine_for(cfg: &mut TrainConfig, device: &Device) -> Result<Engine> {
     } else {
         Engine::for_config(&cfg.model, device)
     };
-    if cfg.sgld.precision == Precision::Auto {
-        cfg.sgld.precision = engine.chains_precision(Precision::Auto);
-        tracing::info!(
-            engine = engine.name(),
-            precision = ?cfg.sgld.precision,
-            "sgld.precision auto: chains run in {:?}",
-            cfg.sgld.precision
-        );
-    }
+    let chains = cfg.sgld.chains.unwrap_or(cfg.schedule.batch_size);
+    let classes = cfg.data.dataset.num_classes();
+    cfg.sgld.precision = engine.chains_precision(
+        cfg.sgld.precision,
+        &cfg.model,
+        cfg.data.shape(),
+        classes,
+        chains,
+    );
     if cfg.loss.needs_sampling() {
         engine.check_chains(cfg.sgld.precision)?;
     }
