@@ -97,6 +97,7 @@ fi
 echo "single-node Slurm up on $host ($cpus CPUs)"
 
 grid=(--recipe fashion-mnist --max-steps 20 --set schedule.checkpoint_every=10 --set "model.widths=[8, 16]"
+  --set "model.strides=[1, 2]"
   --grid "optim.lr=3e-4,1e-3" --grid "loss.px_weight=0,0.3" --ood uniform,constant)
 "$jem" --threads 1 sweep --out "$work/local" "${grid[@]}"
 "$jem" sweep --out "$work/slurm-sweep" "${grid[@]}" --launcher slurm --sbatch-args "--cpus-per-task=1"

@@ -57,7 +57,8 @@ impl Engine {
     }
 
     /// The precision the chains of a `model` network run at when a config asks for
-    /// `precision`, for `chains` chains of images of `shape` and `classes` classes: `auto`
+    /// `precision`, for `chains` chains of images of `shape` and `classes` classes on
+    /// `device` (the run's, for which this engine was chosen): `auto`
     /// becomes bf16 only where this engine runs bf16 chains (the CPU kernel on a CPU with
     /// AVX512-BF16) *and* bf16 input gradients of this network at this batch are timed at
     /// least [`AUTO_BF16_MIN_SPEEDUP`] times as fast as f32 ([`bf16_speedup`], on a network
@@ -73,13 +74,14 @@ impl Engine {
         shape: [usize; 3],
         classes: usize,
         chains: usize,
+        device: &Device,
     ) -> Precision {
         if precision != Precision::Auto {
             return precision;
         }
         let speedup = (self == Engine::CnnCpu && cnn_cpu::supports(Precision::Bf16))
             .then(|| {
-                let net = model.init(shape[0], classes, &Device::flex());
+                let net = model.init(shape[0], classes, device);
                 bf16_speedup(&net, chains, shape)
             })
             .flatten();
@@ -289,15 +291,18 @@ mod tests {
     fn auto_chains_resolve_to_what_the_engine_runs() {
         let cfg = ModelConfig::cnn(vec![8, 16]);
         let model = cfg.init(1, 10, &Device::flex());
-        let at = |engine: Engine, p| engine.chains_precision(p, &cfg, [1, 28, 28], 10, 16);
+        let at = |engine: Engine, p| {
+            engine.chains_precision(p, &cfg, [1, 28, 28], 10, 16, &Device::flex())
+        };
         let auto = at(Engine::CnnCpu, Precision::Auto);
         let speedup = bf16_speedup(&model, 16, [1, 28, 28]);
         assert_eq!(speedup.is_some(), cnn_cpu::supports(Precision::Bf16));
-        if speedup.is_none() {
-            assert_eq!(auto, Precision::F32);
-        } else {
-            assert!(matches!(auto, Precision::F32 | Precision::Bf16), "{auto:?}");
-            assert!(speedup.unwrap().is_finite() && speedup.unwrap() > 0.0);
+        match speedup {
+            None => assert_eq!(auto, Precision::F32),
+            Some(s) => {
+                assert!(matches!(auto, Precision::F32 | Precision::Bf16), "{auto:?}");
+                assert!(s.is_finite() && s > 0.0, "{s}");
+            }
         }
         assert_eq!(at(Engine::Autodiff, Precision::Auto), Precision::F32);
         for engine in [Engine::CnnCpu, Engine::Autodiff] {

@@ -276,6 +276,7 @@ fn engine_for(cfg: &mut TrainConfig, device: &Device) -> Result<Engine> {
         cfg.data.shape(),
         classes,
         chains,
+        device,
     );
     if cfg.loss.needs_sampling() {
         engine.check_chains(cfg.sgld.precision)?;
