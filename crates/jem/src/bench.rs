@@ -138,9 +138,9 @@ pub struct BenchReport {
     pub iteration_bf16_ms: Option<f64>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// The median of timings (`NaN` for none: every caller times at least one repetition).
+fn median(v: Vec<f64>) -> f64 {
+    crate::metrics::median(v).unwrap_or(f64::NAN)
 }
 
 /// Milliseconds per step of `reps` chains of `params` (median, after 3 untimed), each chain

@@ -14,6 +14,7 @@ use crate::cnn_cpu::{self, CnnKernel, HostTarget};
 use crate::device::DeviceSpec;
 use crate::energy::{self, Target};
 use crate::error::ConfigError;
+use crate::metrics::median;
 use crate::model::{Classifier, ModelConfig};
 use crate::rng::Rng;
 use crate::sgld::{self, Precision, SgldConfig, SgldOutput};
@@ -223,11 +224,7 @@ pub fn bf16_speedup(model: &Classifier, chains: usize, shape: [usize; 3]) -> Opt
             bf16_s.push(h);
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    Some(median(f32_s) / median(bf16_s).max(1e-12))
+    Some(median(f32_s)? / median(bf16_s)?.max(1e-12))
 }
 
 /// The generator stream of the random inputs [`bf16_speedup`] times (not the run's).

@@ -142,15 +142,20 @@ pub struct RecoveryLine {
 /// The median wall-clock milliseconds per step over the step lines of the metrics log at
 /// `path` (`None` when it has none).
 pub fn median_step_ms(path: &Path) -> Result<Option<f64>> {
-    let mut ms: Vec<f64> = std::fs::read_to_string(path)
+    let ms: Vec<f64> = std::fs::read_to_string(path)
         .map_err(|e| Error::io(path, e))?
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v.get("event").is_none())
         .filter_map(|v| v.get("ms").and_then(serde_json::Value::as_f64))
         .collect();
-    ms.sort_by(f64::total_cmp);
-    Ok((!ms.is_empty()).then(|| ms[ms.len() / 2]))
+    Ok(median(ms))
+}
+
+/// The median of `v` (the upper one of an even count; `None` when empty), for timings.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
 }
 
 /// `metrics.jsonl`, open for appending.
