@@ -40,7 +40,8 @@ pub enum Precision {
     /// resolves it once, when it is created or resumed
     /// ([`crate::engine::Engine::chains_precision`]), logs which it chose and the measured
     /// speed-up, and saves that one in its `config.toml`; the passes themselves never see
-    /// `auto` (a kernel built directly with `auto` takes bf16 where it runs, untimed).
+    /// `auto` (a kernel built directly with `auto` takes bf16 where it runs, untimed). A
+    /// run whose objective draws no chains (softmax, LSD) saves `f32` untimed.
     Auto,
 }
 

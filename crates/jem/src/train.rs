@@ -268,18 +268,19 @@ fn engine_for(cfg: &mut TrainConfig, device: &Device) -> Result<Engine> {
     } else {
         Engine::for_config(&cfg.model, device)
     };
-    let chains = cfg.sgld.chains.unwrap_or(cfg.schedule.batch_size);
-    let classes = cfg.data.dataset.num_classes();
-    cfg.sgld.precision = engine.chains_precision(
-        cfg.sgld.precision,
-        &cfg.model,
-        cfg.data.shape(),
-        classes,
-        chains,
-        device,
-    );
     if cfg.loss.needs_sampling() {
+        cfg.sgld.precision = engine.chains_precision(
+            cfg.sgld.precision,
+            &cfg.model,
+            cfg.data.shape(),
+            cfg.data.dataset.num_classes(),
+            cfg.sgld.chains_for(cfg.schedule.batch_size),
+            device,
+        );
         engine.check_chains(cfg.sgld.precision)?;
+    } else {
+        // No chains run (softmax, LSD): nothing to time; `auto` is saved as f32.
+        cfg.sgld.precision = cfg.sgld.precision.resolve(false);
     }
     Ok(engine)
 }
