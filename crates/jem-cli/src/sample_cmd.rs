@@ -8,6 +8,20 @@ use jem::eval::run::Run;
 use jem::eval::samples::{ChainSpec, Classes, Start, draw_samples, sample_quality};
 use jem::rng::Rng;
 
+/// Overrides of the run's sampler for drawing samples (the run's `[sgld]` otherwise).
+#[derive(Args, Clone, Debug, Default)]
+pub(crate) struct ChainArgs {
+    /// SGLD steps (default: 20 from the buffer, 200 from noise).
+    #[arg(long)]
+    pub(crate) steps: Option<usize>,
+    /// Step size on the gradient of the target (default: the run's `sgld.step_size`).
+    #[arg(long)]
+    pub(crate) step_size: Option<f32>,
+    /// Standard deviation of the noise added per step (default: the run's `sgld.noise_std`).
+    #[arg(long)]
+    pub(crate) noise_std: Option<f32>,
+}
+
 #[derive(Args)]
 pub(crate) struct SampleArgs {
     /// Run directory.
@@ -22,9 +36,8 @@ pub(crate) struct SampleArgs {
     /// One row per class.
     #[arg(long)]
     pub(crate) per_class: bool,
-    /// SGLD steps (default: 20 from the buffer, 200 from noise).
-    #[arg(long)]
-    pub(crate) steps: Option<usize>,
+    #[command(flatten)]
+    pub(crate) chain: ChainArgs,
     /// Where chains start (default: the buffer; for --class and --per-class, noise unless
     /// the run's buffer is class-conditional).
     #[arg(long, value_enum)]
@@ -51,8 +64,8 @@ pub(crate) fn sample(a: SampleArgs, device: &jem::Device) -> Result<()> {
         (None, false) => Classes::Unconditional,
     };
     let spec = match classes {
-        Classes::Unconditional => chains(&run, a.from.unwrap_or(Start::Buffer), a.steps),
-        _ => chains(&run, a.from.unwrap_or(Start::for_classes(&run)), a.steps),
+        Classes::Unconditional => chains(&run, a.from.unwrap_or(Start::Buffer), &a.chain)?,
+        _ => chains(&run, a.from.unwrap_or(Start::for_classes(&run)), &a.chain)?,
     };
     let (start, params) = (spec.start, &spec.params);
     let s = draw_samples(&run, a.n, &classes, start, params, &mut Rng::new(a.seed, 4))?;
@@ -81,9 +94,8 @@ pub(crate) struct QualityArgs {
     /// class-conditional ones, noise unless the run's buffer is class-conditional).
     #[arg(long, value_enum)]
     from: Option<Start>,
-    /// SGLD steps (default: 20 from the buffer, 200 from noise).
-    #[arg(long)]
-    steps: Option<usize>,
+    #[command(flatten)]
+    chain: ChainArgs,
     /// Also write the unconditional samples as a PNG grid.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -101,8 +113,8 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
     }
     let run = Run::open(&a.run, device)?;
     let feature_run = Run::open(&a.feature_run, device)?;
-    let uncond = chains(&run, a.from.unwrap_or(Start::Buffer), a.steps);
-    let by_class = chains(&run, a.from.unwrap_or(Start::for_classes(&run)), a.steps);
+    let uncond = chains(&run, a.from.unwrap_or(Start::Buffer), &a.chain)?;
+    let by_class = chains(&run, a.from.unwrap_or(Start::for_classes(&run)), &a.chain)?;
     let (start, params) = (uncond.start, &uncond.params);
     let (r, s) = sample_quality(
         &run,
@@ -122,6 +134,8 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
     v["feature_run"] = serde_json::json!(a.feature_run.display().to_string());
     v["steps"] = serde_json::json!(params.steps);
     v["class_steps"] = serde_json::json!(by_class.params.steps);
+    v["step_size"] = serde_json::json!(params.step_size);
+    v["noise_std"] = serde_json::json!(params.noise_std);
     v["step"] = serde_json::json!(run.state.step);
     jem::eval::store::save_result(&a.run, "samples", &v)?;
     let grid = jem::eval::store::eval_dir(&a.run).join("samples.png");
@@ -133,10 +147,12 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{}: {} samples ({} SGLD steps from {}), features of {}",
+        "{}: {} samples ({} SGLD steps of {} with noise {} from {}), features of {}",
         a.run.display(),
         r.n,
         params.steps,
+        params.step_size,
+        params.noise_std,
         start_name(start),
         a.feature_run.display()
     );
@@ -178,10 +194,25 @@ fn start_name(s: Start) -> &'static str {
     }
 }
 
-/// Chains from `start`, with the run's sampler and `steps` (default: 20 from the buffer,
-/// 200 from noise).
-fn chains(run: &Run, start: Start, steps: Option<usize>) -> ChainSpec {
+/// Chains from `start`, with the run's sampler, `steps` (default: 20 from the buffer, 200
+/// from noise) and the step size and noise where given, validated as the config file's
+/// `[sgld]` is.
+fn chains(run: &Run, start: Start, over: &ChainArgs) -> Result<ChainSpec> {
     let mut params = run.config.sgld.clone();
-    params.steps = steps.unwrap_or(start.default_steps());
-    ChainSpec { start, params }
+    params.steps = over.steps.unwrap_or(start.default_steps());
+    // The run's own sampler passed validation when it was trained, so an override that fails
+    // it is named by its flag: each is checked as it is applied.
+    if let Some(a) = over.step_size {
+        params.step_size = a;
+        params
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--step-size: {e}"))?;
+    }
+    if let Some(s) = over.noise_std {
+        params.noise_std = s;
+        params
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--noise-std: {e}"))?;
+    }
+    Ok(ChainSpec { start, params })
 }

@@ -316,6 +316,10 @@ fn train_resume_eval_sample_bench() {
             vec!["--class", "3", "--from", "noise", "--steps", "5"],
         ),
         ("rows.png", vec!["--per-class", "--n", "4", "--steps", "2"]),
+        (
+            "small-steps.png",
+            vec!["--steps", "2", "--step-size", "0.1", "--noise-std", "0"],
+        ),
     ] {
         let png = tmp.path().join(name);
         let mut args = vec![
@@ -342,6 +346,22 @@ fn train_resume_eval_sample_bench() {
     ]);
     assert!(
         !o.status.success() && text(&o).contains("class 10"),
+        "{}",
+        text(&o)
+    );
+    // The sampler overrides are checked as the config file's `[sgld]` is.
+    let o = jem(&[
+        "sample",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        tmp.path().join("y.png").to_str().unwrap(),
+        "--step-size=-1",
+    ]);
+    assert!(
+        !o.status.success()
+            && text(&o).contains("--step-size: config field `sgld.step_size`")
+            && !text(&o).contains("panicked"),
         "{}",
         text(&o)
     );
