@@ -38,8 +38,9 @@ pub(crate) struct SampleArgs {
     pub(crate) per_class: bool,
     #[command(flatten)]
     pub(crate) chain: ChainArgs,
-    /// Where chains start (default: the buffer; for --class and --per-class, noise unless
-    /// the run's buffer is class-conditional).
+    /// Where chains start (default: the buffer; for --class and --per-class, the buffer if
+    /// it is class-conditional, else the class Gaussians of a run trained from them, else
+    /// noise).
     #[arg(long, value_enum)]
     pub(crate) from: Option<Start>,
     /// Number of samples (per class with --per-class).
@@ -91,7 +92,8 @@ pub(crate) struct QualityArgs {
     #[arg(long, default_value_t = 50)]
     per_class: usize,
     /// Where chains start (default: the buffer for the unconditional samples; for the
-    /// class-conditional ones, noise unless the run's buffer is class-conditional).
+    /// class-conditional ones, the buffer if it is class-conditional, else the class
+    /// Gaussians of a run trained from them, else noise).
     #[arg(long, value_enum)]
     from: Option<Start>,
     #[command(flatten)]
@@ -153,7 +155,7 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
         params.steps,
         params.step_size,
         params.noise_std,
-        start_name(start),
+        start.name(),
         a.feature_run.display()
     );
     println!(
@@ -180,18 +182,11 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
         println!(
             "  sample accuracy {acc:.3} (class-conditional samples, {} SGLD steps from {}, that the feature run assigns to their class); per class {}",
             by_class.params.steps,
-            start_name(by_class.start),
+            by_class.start.name(),
             fmt(&r.sample_accuracy_per_class)
         );
     }
     Ok(())
-}
-
-fn start_name(s: Start) -> &'static str {
-    match s {
-        Start::Buffer => "the buffer",
-        Start::Noise => "noise",
-    }
 }
 
 /// Chains from `start`, with the run's sampler, `steps` (default: 20 from the buffer, 200

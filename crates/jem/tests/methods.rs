@@ -499,3 +499,75 @@ fn the_stein_critic_learns_to_raise_the_discrepancy() {
         "Stein discrepancy {first} -> {last}: the critic did not learn"
     );
 }
+
+#[test]
+fn a_run_trained_from_class_gaussians_samples_its_classes_from_them() {
+    use jem::eval::samples::{Classes, Start, draw_samples};
+    let data = data_dir(256);
+    let runs = tempfile::tempdir().unwrap();
+    let dir = runs.path().join("informative");
+    let mut c = tiny(data.path());
+    c.buffer.init = ChainInit::Informative;
+    c.schedule.max_steps = Some(2);
+    let mut t = Trainer::create(c, &dir, &Device::flex()).unwrap();
+    t.run(&mut NoObserver).unwrap();
+    let run = Run::open(&dir, &Device::flex()).unwrap();
+    // Class-conditional chains start where training started them.
+    assert_eq!(Start::for_classes(&run), Start::Informative);
+    assert_eq!(Start::Informative.default_steps(), 200);
+
+    // One step of a vanishing size and no noise: the samples are the starts themselves, so
+    // their mean is the class's mean in the training images (up to the clamp to [-1, 1] and
+    // the spread of 64 draws), nearer to it than to any other class's mean.
+    let train = run.data(jem::data::Split::Train).unwrap();
+    let g = ClassGaussians::fit(&train, &Device::flex().inner()).unwrap();
+    let params = SgldConfig {
+        steps: 1,
+        step_size: 1e-9,
+        noise_std: 0.0,
+        ..run.config.sgld.clone()
+    };
+    let n = 64;
+    let dim = 784;
+    for class in [1, 3] {
+        let s = draw_samples(
+            &run,
+            n,
+            &Classes::One(class),
+            Start::Informative,
+            &params,
+            &mut Rng::new(7, 0),
+        )
+        .unwrap();
+        assert_eq!(s.images.len(), n * dim);
+        assert!(s.images.iter().all(|v| (-1.0..=1.0).contains(v)));
+        let mean: Vec<f32> = (0..dim)
+            .map(|i| s.images.iter().skip(i).step_by(dim).sum::<f32>() / n as f32)
+            .collect();
+        let dist = |k: usize| -> f32 {
+            mean.iter()
+                .zip(g.mean(k))
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f32>()
+                .sqrt()
+        };
+        for k in (0..g.num_classes()).filter(|&k| k != class) {
+            assert!(
+                dist(class) < dist(k),
+                "samples of class {class} are {} from its mean and {} from class {k}'s",
+                dist(class),
+                dist(k)
+            );
+        }
+    }
+    // A run trained from uniform noise keeps noise as its class-conditional start.
+    let dir2 = runs.path().join("uniform");
+    let mut c = tiny(data.path());
+    c.schedule.max_steps = Some(1);
+    Trainer::create(c, &dir2, &Device::flex())
+        .unwrap()
+        .run(&mut NoObserver)
+        .unwrap();
+    let run2 = Run::open(&dir2, &Device::flex()).unwrap();
+    assert_eq!(Start::for_classes(&run2), Start::Noise);
+}

@@ -4,8 +4,10 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::data::Split;
 use crate::energy::{Target, one_hot};
 use crate::eval::run::Run;
+use crate::init::{ChainInit, ClassGaussians};
 use crate::rng::Rng;
 use crate::sgld::SgldConfig;
 use crate::{Error, Result};
@@ -22,26 +24,44 @@ pub enum Start {
     Buffer,
     /// Uniform noise in `[-1, 1]`.
     Noise,
+    /// JEM++'s informative start: a draw from the Gaussian with full covariance fitted to the
+    /// run's training images of the chain's class (of a uniformly drawn class for
+    /// unconditional chains), where a run trained with `buffer.init = "informative"` started
+    /// and restarted its chains.
+    Informative,
 }
 
 impl Start {
     /// Where class-conditional chains of `run` start when not told: its buffer when the
-    /// buffer is partitioned by class (its chains already sample `log p(x, y)`), else noise
-    /// (an unconditional buffer's chains are of random classes, and a few steps from them do
-    /// not give rows of the asked-for class).
+    /// buffer is partitioned by class (its chains already sample `log p(x, y)`), else where the
+    /// run started its chains in training: the class Gaussians of an informative run, noise
+    /// otherwise (an unconditional buffer's chains are of random classes, and a few steps from
+    /// them do not give rows of the asked-for class).
     pub fn for_classes(run: &Run) -> Start {
-        if run.config.buffer.conditional && run.config.loss.needs_sampling() {
+        let sampled = run.config.loss.needs_sampling();
+        if run.config.buffer.conditional && sampled {
             Start::Buffer
+        } else if run.config.buffer.init == ChainInit::Informative && sampled {
+            Start::Informative
         } else {
             Start::Noise
         }
     }
 
-    /// SGLD steps when not told: 20 from the buffer, 200 from noise.
+    /// SGLD steps when not told: 20 from the buffer, 200 from noise or the class Gaussians.
     pub fn default_steps(self) -> usize {
         match self {
             Start::Buffer => 20,
-            Start::Noise => 200,
+            Start::Noise | Start::Informative => 200,
+        }
+    }
+
+    /// How tables and messages name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Start::Buffer => "the buffer",
+            Start::Noise => "noise",
+            Start::Informative => "the class Gaussians",
         }
     }
 }
@@ -112,16 +132,22 @@ pub fn draw_samples(
                 run.dir.display()
             ))
         })?),
-        Start::Noise => None,
+        Start::Noise | Start::Informative => None,
     };
-    let init: Vec<f32> = match &buffer {
-        Some(b) => b.draw(total, labels.as_deref(), 0.0, rng).start,
-        None => {
-            let mut v = vec![0.0f32; total * c * h * w];
-            rng.fill_uniform(&mut v, -1.0, 1.0);
-            v
+    let mut init = vec![0.0f32; total * c * h * w];
+    match (&buffer, start) {
+        (Some(b), _) => init = b.draw(total, labels.as_deref(), 0.0, rng).start,
+        (None, Start::Informative) => {
+            let device = run.model.device().inner();
+            let gaussians = ClassGaussians::fit(&run.data(Split::Train)?, &device)?;
+            let classes: Vec<usize> = match &labels {
+                Some(ys) => ys.clone(),
+                None => (0..total).map(|_| rng.below(k)).collect(),
+            };
+            gaussians.sample_into(&classes, &mut init, rng);
         }
-    };
+        (None, _) => rng.fill_uniform(&mut init, -1.0, 1.0),
+    }
     let device = run.model.device().inner();
     let x = Tensor::<4>::from_data(TensorData::new(init, [total, c, h, w]), &device);
     let target = match &labels {
