@@ -102,6 +102,10 @@ pub(crate) struct TrainArgs {
     /// SGLD noise standard deviation.
     #[arg(long)]
     pub(crate) sgld_noise: Option<f32>,
+    /// Keep plain SGLD's chains in the data range [-1, 1] after every step (`sgld.clamp`;
+    /// `--sgld-clamp false` turns a config's off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) sgld_clamp: Option<bool>,
     /// Number format of the chains' gradient passes (bf16: about 1.5x faster on CPUs with
     /// AVX512-BF16).
     #[arg(long, value_enum)]
@@ -235,6 +239,7 @@ impl TrainArgs {
         value(o, "--sgld-noise", &self.sgld_noise, |c, v| {
             c.sgld.noise_std = v
         });
+        value(o, "--sgld-clamp", &self.sgld_clamp, |c, v| c.sgld.clamp = v);
         value(o, "--sgld-precision", &self.sgld_precision, |c, v| {
             c.sgld.precision = v
         });

@@ -99,6 +99,10 @@ pub struct SgldConfig {
     /// conditioned on `y` take the first labels of the batch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chains: Option<usize>,
+    /// Keep plain SGLD's chains in the data range `[-1, 1]` after every step, as proximal
+    /// SGLD always does. Unclamped chains drift outside the range, and pixels no image has
+    /// are an easy feature for the model to tell samples from data by.
+    pub clamp: bool,
 }
 
 impl Default for SgldConfig {
@@ -111,6 +115,7 @@ impl Default for SgldConfig {
             grad_clip: 0.1,
             precision: Precision::F32,
             chains: None,
+            clamp: false,
         }
     }
 }
@@ -135,7 +140,14 @@ impl SgldConfig {
             grad_clip: 0.1,
             precision: Precision::F32,
             chains: None,
+            clamp: false,
         }
+    }
+
+    /// Whether the chains are projected onto `[-1, 1]` after every step: always for proximal
+    /// SGLD, and for plain SGLD where [`SgldConfig::clamp`] asks for it.
+    pub fn keeps_data_range(&self) -> bool {
+        self.sampler == SamplerKind::Pyld || self.clamp
     }
 
     /// Check the values (whether this machine runs the chosen [`Precision`] is checked when
@@ -215,7 +227,7 @@ pub fn chains_tensor(
             let n = Tensor::<4>::from_data(TensorData::new(noise.clone(), dims), &device);
             x = x + n;
         }
-        if params.sampler == SamplerKind::Pyld {
+        if params.keeps_data_range() {
             x = x.clamp(-1.0, 1.0);
         }
         last_grad = Some(g);
@@ -263,7 +275,7 @@ pub fn chains_host(
             rng.fill_normal(&mut noise, params.noise_std);
             x.iter_mut().zip(&noise).for_each(|(x, n)| *x += n);
         }
-        if params.sampler == SamplerKind::Pyld {
+        if params.keeps_data_range() {
             x.iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
         }
         if step + 1 == params.steps {

@@ -87,3 +87,49 @@ fn sgld_lowers_the_energy_of_noise_for_a_trained_model_and_is_pure() {
     let o: Vec<f32> = x0.into_data().try_to_vec::<f32>().unwrap();
     assert_eq!(s, o);
 }
+
+#[test]
+fn clamped_sgld_stays_in_the_data_range_and_is_proximal_sgld_without_a_gradient_clip() {
+    let (model, d) = trained_model();
+    // Large steps take unclamped chains out of [-1, 1]; clamped ones stay in it.
+    let loose = SgldConfig {
+        steps: 5,
+        step_size: 50.0,
+        noise_std: 0.3,
+        ..SgldConfig::default()
+    };
+    let clamped = SgldConfig {
+        clamp: true,
+        ..loose.clone()
+    };
+    let run = |p: &SgldConfig| -> Vec<f32> {
+        Engine::for_model(&model)
+            .sgld(
+                &model,
+                noise(16, 3, &d),
+                &Target::Marginal,
+                p,
+                &mut Rng::new(4, 0),
+            )
+            .samples
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let free = run(&loose);
+    assert!(
+        free.iter().any(|v| v.abs() > 1.0),
+        "the unclamped chains never left [-1, 1]: the test shows nothing"
+    );
+    let boxed = run(&clamped);
+    assert!(boxed.iter().all(|v| (-1.0..=1.0).contains(v)));
+    assert!(clamped.keeps_data_range() && !loose.keeps_data_range());
+    // The same update as proximal SGLD whose gradient clip never binds.
+    let pyld = SgldConfig {
+        sampler: jem::sgld::SamplerKind::Pyld,
+        grad_clip: f32::MAX,
+        clamp: false,
+        ..loose.clone()
+    };
+    assert_eq!(boxed, run(&pyld));
+}

@@ -78,9 +78,10 @@ fn method(dir: &Path) -> Result<(String, u64, Option<u64>)> {
     let samples = cfg.loss.needs_sampling();
     let mut m = obj.to_string();
     if samples {
-        let sampler = match cfg.sgld.sampler {
-            SamplerKind::Sgld => "sgld",
-            SamplerKind::Pyld => "pyld",
+        let sampler = match (cfg.sgld.sampler, cfg.sgld.clamp) {
+            (SamplerKind::Sgld, false) => "sgld",
+            (SamplerKind::Sgld, true) => "sgld-clamped",
+            (SamplerKind::Pyld, _) => "pyld",
         };
         let init = match cfg.buffer.init {
             ChainInit::Uniform => "uniform",
