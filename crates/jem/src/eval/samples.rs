@@ -134,9 +134,8 @@ pub fn draw_samples(
         })?),
         Start::Noise | Start::Informative => None,
     };
-    let mut init = vec![0.0f32; total * c * h * w];
-    match (&buffer, start) {
-        (Some(b), _) => init = b.draw(total, labels.as_deref(), 0.0, rng).start,
+    let init: Vec<f32> = match (&buffer, start) {
+        (Some(b), _) => b.draw(total, labels.as_deref(), 0.0, rng).start,
         (None, Start::Informative) => {
             let device = run.model.device().inner();
             let gaussians = ClassGaussians::fit(&run.data(Split::Train)?, &device)?;
@@ -144,10 +143,16 @@ pub fn draw_samples(
                 Some(ys) => ys.clone(),
                 None => (0..total).map(|_| rng.below(k)).collect(),
             };
-            gaussians.sample_into(&classes, &mut init, rng);
+            let mut v = vec![0.0f32; total * c * h * w];
+            gaussians.sample_into(&classes, &mut v, rng);
+            v
         }
-        (None, _) => rng.fill_uniform(&mut init, -1.0, 1.0),
-    }
+        (None, _) => {
+            let mut v = vec![0.0f32; total * c * h * w];
+            rng.fill_uniform(&mut v, -1.0, 1.0);
+            v
+        }
+    };
     let device = run.model.device().inner();
     let x = Tensor::<4>::from_data(TensorData::new(init, [total, c, h, w]), &device);
     let target = match &labels {
