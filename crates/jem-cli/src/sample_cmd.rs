@@ -9,9 +9,9 @@ use jem::eval::samples::{ChainSpec, Classes, Start, draw_samples, sample_quality
 use jem::rng::Rng;
 
 /// Overrides of the run's sampler for drawing samples (the run's `[sgld]` otherwise).
-#[derive(Args, Clone, Debug, Default)]
+#[derive(Args)]
 pub(crate) struct ChainArgs {
-    /// SGLD steps (default: 20 from the buffer, 200 from noise).
+    /// SGLD steps (default: 20 from the buffer, 200 from noise or the class Gaussians).
     #[arg(long)]
     pub(crate) steps: Option<usize>,
     /// Step size on the gradient of the target (default: the run's `sgld.step_size`).
@@ -190,7 +190,7 @@ pub(crate) fn eval_samples(a: QualityArgs, device: &jem::Device) -> Result<()> {
 }
 
 /// Chains from `start`, with the run's sampler, `steps` (default: 20 from the buffer, 200
-/// from noise) and the step size and noise where given, validated as the config file's
+/// from noise or the class Gaussians) and the step size and noise where given, validated as the config file's
 /// `[sgld]` is.
 fn chains(run: &Run, start: Start, over: &ChainArgs) -> Result<ChainSpec> {
     let mut params = run.config.sgld.clone();
