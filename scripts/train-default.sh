@@ -97,9 +97,9 @@ done
   --refine-step-size 0.1 "${attack_flags[@]}"
 "$jem" eval samples --run "$jem_run" --feature-run "$soft_run" "${samples_flags[@]}"
 "$jem" sample --run "$jem_run" --out "$jem_run/samples.png"
-# One class per row, 200 SGLD steps from where the run starts its chains: the class Gaussians
-# (the recipe's informative start), or noise for a run trained from noise (the buffer is
-# unconditional).
+# One class per row, 200 SGLD steps from where the run starts its chains: noise for the recipe
+# (trained from noise; the buffer is unconditional), the class Gaussians for a run trained
+# with --init informative.
 "$jem" sample --run "$jem_run" --per-class --n 8 --out "$jem_run/samples-per-class.png"
 "$jem" report --run "$jem_run" --baseline "$soft_run" --out "$jem_run/report.html"
 echo "== JEM against softmax (same model, budget and augmentation)"
