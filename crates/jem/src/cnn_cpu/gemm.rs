@@ -1,13 +1,16 @@
 //! The kernel's matrix products: `C[m, 0..n] = A[m, 0..k] B` with `A` read row by row where it
 //! lies (im2col rows, output gradients) and `B` (the frozen weights) packed once into panels
 //! of [`NR`] columns. AVX-512 micro-kernels of [`MR`] rows x [`NR`] columns in f32 (FMA) and in
-//! bf16 (`vdpbf16ps`: pairs of bf16 products accumulated in f32).
+//! bf16 (`vdpbf16ps`: pairs of bf16 products accumulated in f32); on CPUs with AVX2 and FMA
+//! but no AVX-512, the f32 product of [`avx2`] over the same panels.
 //!
 //! Every function here is `unsafe` with `#[target_feature]`: call them only after
 //! [`Isa::detect`] found the instructions.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+
+pub mod avx2;
 
 /// Rows of one micro-tile (accumulators: `MR x 2` zmm registers).
 pub const MR: usize = 14;
@@ -19,11 +22,18 @@ pub const NR: usize = 32;
 pub struct Isa {
     /// AVX-512F: the f32 kernels.
     pub avx512: bool,
+    /// AVX2 and FMA: the f32 product of [`avx2`] (used where AVX-512 is missing).
+    pub avx2: bool,
     /// AVX512-BF16 (with AVX512-BW for 16-bit stores): the bf16 kernels.
     pub bf16: bool,
 }
 
 impl Isa {
+    /// Whether the f32 kernel runs here (AVX-512F, or AVX2 with FMA).
+    pub fn f32(self) -> bool {
+        self.avx512 || self.avx2
+    }
+
     /// What this CPU has.
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -31,6 +41,8 @@ impl Isa {
             let avx512 = std::arch::is_x86_feature_detected!("avx512f");
             Isa {
                 avx512,
+                avx2: std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma"),
                 bf16: avx512
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512bf16"),
@@ -40,6 +52,7 @@ impl Isa {
         {
             Isa {
                 avx512: false,
+                avx2: false,
                 bf16: false,
             }
         }
@@ -474,8 +487,8 @@ mod tests {
     #[test]
     fn the_micro_kernels_equal_the_naive_product() {
         let isa = Isa::detect();
-        if !isa.avx512 {
-            eprintln!("no AVX-512 on this CPU: the kernel is not used here");
+        if !isa.f32() {
+            eprintln!("neither AVX-512 nor AVX2 with FMA on this CPU: the kernel is not used here");
             return;
         }
         for &(m, k, n) in &[
@@ -485,6 +498,9 @@ mod tests {
             (29, 33, 45),
             (30, 288, 70),
             (3, 20, 64),
+            (6, 7, 16),
+            (7, 12, 17),
+            (11, 5, 24),
         ] {
             let a = values(m * k, (m * 31 + k) as u32);
             let bm = values(k * n, (n * 17 + k) as u32);
@@ -510,15 +526,28 @@ mod tests {
                     c
                 };
                 let packed = PackedF32::new(k, n, |r, c| bm[r * n + c]);
-                let mut c = vec![f32::NAN; m * n];
-                // SAFETY: AVX-512 was detected; the buffers are `m x k` and `m x n`.
-                unsafe { gemm_f32(m, a.as_ptr(), k, &packed, c.as_mut_ptr(), n, epi) };
                 let want = naive(&|i, kk| a[i * k + kk], &|kk, j| bm[kk * n + j]);
-                for (x, y) in c.iter().zip(&want) {
-                    assert!(
-                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
-                        "f32 {m}x{k}x{n}: {x} vs {y}"
-                    );
+                // Both f32 products where the CPU has them (an AVX-512 CPU has AVX2 as well).
+                for (name, here) in [("avx512", isa.avx512), ("avx2", isa.avx2)] {
+                    if !here {
+                        continue;
+                    }
+                    let mut c = vec![f32::NAN; m * n];
+                    // SAFETY: the product's instructions were detected; the buffers are
+                    // `m x k` and `m x n`.
+                    unsafe {
+                        if name == "avx512" {
+                            gemm_f32(m, a.as_ptr(), k, &packed, c.as_mut_ptr(), n, epi)
+                        } else {
+                            avx2::gemm_f32(m, a.as_ptr(), k, &packed, c.as_mut_ptr(), n, epi)
+                        }
+                    };
+                    for (x, y) in c.iter().zip(&want) {
+                        assert!(
+                            (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                            "{name} f32 {m}x{k}x{n}: {x} vs {y}"
+                        );
+                    }
                 }
                 if !isa.bf16 {
                     continue;

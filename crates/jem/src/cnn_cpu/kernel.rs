@@ -133,13 +133,19 @@ fn product(
 ) {
     assert!(c.len() >= rows.saturating_sub(1) * c_rs, "output rows");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the caller built the kernel only where `Isa::detect` found AVX-512 (and BF16
-    // for a bf16 `B`); the slices hold `rows` rows at the strides given.
+    // SAFETY: the caller built the kernel only where `Isa::detect` found AVX-512 or AVX2 with
+    // FMA (and AVX512-BF16 for a bf16 `B`); the f32 product is the AVX-512 one where the CPU
+    // has it; the slices hold `rows` rows at the strides given.
     unsafe {
         match bf16_b {
             None => {
                 assert!(a32.len() >= rows * a_rs, "input rows");
-                gemm::gemm_f32(rows, a32.as_ptr(), a_rs, f32_b, c.as_mut_ptr(), c_rs, epi)
+                let (a, c) = (a32.as_ptr(), c.as_mut_ptr());
+                if gemm::Isa::detect().avx512 {
+                    gemm::gemm_f32(rows, a, a_rs, f32_b, c, c_rs, epi)
+                } else {
+                    gemm::avx2::gemm_f32(rows, a, a_rs, f32_b, c, c_rs, epi)
+                }
             }
             Some(b) => {
                 assert!(a16.len() >= rows * a_rs, "input rows");
@@ -156,7 +162,7 @@ fn product(
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("the kernel is built only on x86-64 with AVX-512");
+    unreachable!("the kernel is built only on x86-64 with AVX-512 or AVX2");
 }
 
 /// The frozen weights of a [`Classifier::Cnn`] and the buffers of its passes.
@@ -207,9 +213,15 @@ fn images_per_block(b: usize) -> usize {
     b.div_ceil(2 * threads).clamp(1, 8)
 }
 
-/// Column rows per piece for rows of `kp` values (a multiple of the micro-tile's rows).
+/// Column rows per piece for rows of `kp` values (a multiple of the micro-tile's rows: those of
+/// the AVX-512 product, or of the AVX2 one on a CPU without AVX-512).
 fn piece_rows(kp: usize) -> usize {
-    (PIECE_BYTES / (4 * kp)).max(gemm::MR) / gemm::MR * gemm::MR
+    let mr = if gemm::Isa::detect().avx512 {
+        gemm::MR
+    } else {
+        gemm::avx2::MR
+    };
+    (PIECE_BYTES / (4 * kp)).max(mr) / mr * mr
 }
 
 /// `x` (`[n, plane, c]` or `[n, c, plane]` as `to_last`) transposed between channels-first and
@@ -317,7 +329,8 @@ struct Block<'a> {
 
 impl CnnKernel {
     /// The kernel of `model` in f32, or `None` for a model it does not cover (the
-    /// Wide-ResNet, a convolution that is not 3x3 with padding 1, or a CPU without AVX-512).
+    /// Wide-ResNet, a convolution that is not 3x3 with padding 1, or a CPU with neither AVX-512
+    /// nor AVX2 and FMA).
     pub fn from_model(model: &Classifier) -> Option<Self> {
         Self::with_precision(model, Precision::F32)
     }

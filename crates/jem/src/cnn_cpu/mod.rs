@@ -8,8 +8,8 @@
 //! for every activation. Here activations are channels-last (`[b, h, w, c]`), so a row of a
 //! convolution's column matrix is three contiguous runs of `3 * cin` values ([`cols`]); each
 //! convolution is one product of those rows with the weights, packed once per kernel into
-//! panels ([`gemm`], AVX-512 micro-kernels of our own, bias and LeakyReLU fused into the
-//! store), and its input gradient one product of the output gradient with the weights
+//! panels ([`gemm`], AVX-512 micro-kernels of our own, and an AVX2 + FMA one for CPUs
+//! without AVX-512; bias and LeakyReLU fused into the store), and its input gradient one product of the output gradient with the weights
 //! followed by the adjoint additions. No weight gradient is formed inside SGLD, every buffer
 //! is reused from step to step, and images are split across threads in blocks whose column
 //! rows stay in the core's cache.
@@ -36,12 +36,12 @@ pub use crate::sgld::Precision;
 use gemm::Isa;
 pub use kernel::CnnKernel;
 
-/// Whether this CPU runs the kernel at `precision` (f32 needs AVX-512, the bf16 modes
-/// AVX512-BF16 as well; `auto` runs wherever f32 does, as the best of the two).
+/// Whether this CPU runs the kernel at `precision` (f32 needs AVX-512, or AVX2 with FMA; the
+/// bf16 modes AVX512-BF16; `auto` runs wherever f32 does, as the best of the two).
 pub fn supports(precision: Precision) -> bool {
     let isa = Isa::detect();
     match precision {
-        Precision::F32 | Precision::Auto => isa.avx512,
+        Precision::F32 | Precision::Auto => isa.f32(),
         Precision::Bf16 | Precision::MixedBf16 => isa.bf16,
     }
 }

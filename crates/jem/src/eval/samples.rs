@@ -106,6 +106,33 @@ pub fn draw_samples(
     params: &SgldConfig,
     rng: &mut Rng,
 ) -> Result<Samples> {
+    draw(run, n, classes, start, params, None, rng)
+}
+
+/// The class Gaussians of `run`'s training images, fitted once, when any of `starts` is
+/// [`Start::Informative`].
+fn fit_if_informative(run: &Run, starts: &[Start]) -> Result<Option<ClassGaussians>> {
+    if !starts.contains(&Start::Informative) {
+        return Ok(None);
+    }
+    let device = run.model.device().inner();
+    Ok(Some(ClassGaussians::fit(
+        &run.data(Split::Train)?,
+        &device,
+    )?))
+}
+
+/// [`draw_samples`], with the class Gaussians of an informative start fitted here unless
+/// given.
+fn draw(
+    run: &Run,
+    n: usize,
+    classes: &Classes,
+    start: Start,
+    params: &SgldConfig,
+    gaussians: Option<&ClassGaussians>,
+    rng: &mut Rng,
+) -> Result<Samples> {
     let k = run.num_classes();
     let labels: Option<Vec<usize>> = match classes {
         Classes::Unconditional => None,
@@ -134,11 +161,18 @@ pub fn draw_samples(
         })?),
         Start::Noise | Start::Informative => None,
     };
+    let device = run.model.device().inner();
     let init: Vec<f32> = match (&buffer, start) {
         (Some(b), _) => b.draw(total, labels.as_deref(), 0.0, rng).start,
         (None, Start::Informative) => {
-            let device = run.model.device().inner();
-            let gaussians = ClassGaussians::fit(&run.data(Split::Train)?, &device)?;
+            let fitted;
+            let gaussians = match gaussians {
+                Some(g) => g,
+                None => {
+                    fitted = ClassGaussians::fit(&run.data(Split::Train)?, &device)?;
+                    &fitted
+                }
+            };
             let classes: Vec<usize> = match &labels {
                 Some(ys) => ys.clone(),
                 None => (0..total).map(|_| rng.below(k)).collect(),
@@ -153,7 +187,6 @@ pub fn draw_samples(
             v
         }
     };
-    let device = run.model.device().inner();
     let x = Tensor::<4>::from_data(TensorData::new(init, [total, c, h, w]), &device);
     let target = match &labels {
         None => Target::Marginal,
@@ -257,12 +290,15 @@ pub fn sample_quality(
     let shape = run.shape();
     let k = feature_run.num_classes();
     let features = feature_run.classifier("the feature run of sample quality")?;
-    let samples = draw_samples(
+    // One fit of the class Gaussians serves both draws.
+    let gaussians = fit_if_informative(run, &[uncond.start, by_class.start])?;
+    let samples = draw(
         run,
         n,
         &Classes::Unconditional,
         uncond.start,
         &uncond.params,
+        gaussians.as_ref(),
         rng,
     )?;
     let of_samples = features.outputs(&samples.images, shape, BATCH);
@@ -275,7 +311,15 @@ pub fn sample_quality(
     // scalar energy).
     let (diversity, accuracy) = if run.is_classifier() {
         let m = per_class.max(2);
-        let s = draw_samples(run, m, &Classes::All, by_class.start, &by_class.params, rng)?;
+        let s = draw(
+            run,
+            m,
+            &Classes::All,
+            by_class.start,
+            &by_class.params,
+            gaussians.as_ref(),
+            rng,
+        )?;
         let diversity = s
             .images
             .chunks(m * len)
