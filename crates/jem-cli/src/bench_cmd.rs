@@ -66,10 +66,13 @@ pub(crate) fn bench(a: BenchArgs, device: &jem::Device, threads: usize) -> Resul
         println!("{}", serde_json::to_string(&v)?);
     } else {
         println!(
-            "batch {}, {} threads, engine {}: SGLD step {:.2} ms ({:.1} GFLOP/s; {:.2} ms through autodiff), iteration {:.1} ms ({:.1} GFLOP/s)",
+            "batch {}, {} threads, engine {}{}: SGLD step {:.2} ms ({:.1} GFLOP/s; {:.2} ms through autodiff), iteration {:.1} ms ({:.1} GFLOP/s)",
             r.batch,
             r.threads,
             r.engine,
+            r.instructions
+                .as_ref()
+                .map_or(String::new(), |i| format!(" ({i})")),
             r.sgld_step_ms,
             r.sgld_gflops,
             r.sgld_step_autodiff_ms,
@@ -88,7 +91,7 @@ pub(crate) fn bench(a: BenchArgs, device: &jem::Device, threads: usize) -> Resul
                 if jem::cnn_cpu::supports(jem::sgld::Precision::F32) {
                     " (not the benchmark CNN on the CPU device)"
                 } else {
-                    " (this CPU has no AVX-512)"
+                    " (this CPU has neither AVX-512 nor AVX2 with FMA)"
                 }
             );
         }

@@ -105,10 +105,15 @@ impl Default for BenchSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
     /// The engine training runs on this device ([`Engine::name`]: `cnn-cpu`, the kernel, or
-    /// `autodiff`, where the model, the device or the CPU, without AVX-512, rules the kernel
-    /// out; then `sgld_step_ms` and `sgld_step_autodiff_ms` time the same path).
+    /// `autodiff`, where the model, the device or the CPU, with neither AVX-512 nor AVX2 and
+    /// FMA, rules the kernel out; then `sgld_step_ms` and `sgld_step_autodiff_ms` time the
+    /// same path).
     #[serde(default)]
     pub engine: String,
+    /// The kernel's f32 instructions with the `cnn-cpu` engine ([`crate::cnn_cpu::instructions`]:
+    /// `avx512` or `avx2`), else `None`.
+    #[serde(default)]
+    pub instructions: Option<String>,
     /// Median ms of one SGLD step as training runs it.
     pub sgld_step_ms: f64,
     /// Median ms of the same step through burn's autodiff (the reference path).
@@ -301,6 +306,7 @@ pub fn run(device: &Device, spec: &BenchSpec, threads: usize) -> BenchReport {
     let iteration_gflop = cfg.sgld.steps as f64 * sgld_gflop + 3.0 * 2.0 * f;
     BenchReport {
         engine: engine.name().to_string(),
+        instructions: engine.instructions().map(str::to_string),
         sgld_step_ms: sgld_ms,
         sgld_step_autodiff_ms: sgld_autodiff_ms,
         iteration_ms: iter_ms,

@@ -4,7 +4,7 @@
 //! as an argument and never test the model or device themselves.
 //!
 //! - [`Engine::CnnCpu`]: jem's own CPU kernel of the benchmark CNN ([`crate::cnn_cpu`]), on
-//!   the CPU backend of a machine with AVX-512.
+//!   the CPU backend of a machine with AVX-512 or AVX2 and FMA.
 //! - [`Engine::Autodiff`]: burn's autodiff, for every other model and device (and the
 //!   reference the kernel is tested against).
 
@@ -30,7 +30,7 @@ pub enum Engine {
 
 impl Engine {
     /// The engine for a model built from `model` on `device`: the CPU kernel for the CNN on
-    /// the CPU backend of a CPU with AVX-512, else autodiff.
+    /// the CPU backend of a CPU with AVX-512 or AVX2 and FMA, else autodiff.
     pub fn for_config(model: &ModelConfig, device: &Device) -> Engine {
         let cnn = matches!(model, ModelConfig::Cnn { .. });
         if cnn && cnn_cpu::cpu_device(device) && cnn_cpu::supports(Precision::F32) {
@@ -54,6 +54,15 @@ impl Engine {
         match self {
             Engine::CnnCpu => "cnn-cpu",
             Engine::Autodiff => "autodiff",
+        }
+    }
+
+    /// The instructions of the kernel's f32 products (`avx512`, or `avx2` on a CPU without
+    /// AVX-512) for [`Engine::CnnCpu`]; `None` for autodiff.
+    pub fn instructions(self) -> Option<&'static str> {
+        match self {
+            Engine::CnnCpu => cnn_cpu::instructions(),
+            Engine::Autodiff => None,
         }
     }
 

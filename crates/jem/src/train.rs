@@ -350,7 +350,12 @@ impl Trainer {
             pending: None,
         };
         t.checkpoint()?;
-        tracing::info!(dir = %t.dir.display(), engine = engine.name(), "created run");
+        tracing::info!(
+            dir = %t.dir.display(),
+            engine = engine.name(),
+            instructions = engine.instructions(),
+            "created run"
+        );
         Ok(t)
     }
 
@@ -397,7 +402,13 @@ impl Trainer {
             crate::tensor_file::write_atomic(&dir.join(files::CONFIG), cfg.to_toml().as_bytes())?;
         }
         let sampler = BatchSampler::new(train.len(), cfg.schedule.batch_size, cfg.seed);
-        tracing::info!(dir = %dir.display(), step = state.step, engine = engine.name(), "resuming run");
+        tracing::info!(
+            dir = %dir.display(),
+            step = state.step,
+            engine = engine.name(),
+            instructions = engine.instructions(),
+            "resuming run"
+        );
         Ok(Trainer {
             last_checkpoint: state.step,
             monitor: DivergenceMonitor::new(cfg.recovery.clone()),

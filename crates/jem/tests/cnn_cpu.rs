@@ -27,13 +27,15 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     num / den.max(1e-30)
 }
 
-/// Whether the kernel runs on this CPU (it needs AVX-512); the tests that call the kernel
+/// Whether the kernel runs on this CPU (it needs AVX-512, or AVX2 with FMA); the tests that call the kernel
 /// itself say so and pass where it does not (everything then runs through autodiff, which the
 /// other tests of this file compare with itself).
 fn kernel_runs_here(test: &str) -> bool {
     let runs = jem::cnn_cpu::supports(Precision::F32);
     if !runs {
-        eprintln!("{test}: this CPU has no AVX-512, so the CNN kernel cannot run here");
+        eprintln!(
+            "{test}: this CPU has neither AVX-512 nor AVX2 with FMA, so the CNN kernel cannot run here"
+        );
     }
     runs
 }

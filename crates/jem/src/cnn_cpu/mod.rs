@@ -46,6 +46,19 @@ pub fn supports(precision: Precision) -> bool {
     }
 }
 
+/// The instructions of the kernel's f32 products on this CPU: `"avx512"`, `"avx2"` (AVX2 with
+/// FMA, where AVX-512 is missing), or `None` where the kernel cannot run.
+pub fn instructions() -> Option<&'static str> {
+    let isa = Isa::detect();
+    if isa.avx512 {
+        Some("avx512")
+    } else if isa.avx2 {
+        Some("avx2")
+    } else {
+        None
+    }
+}
+
 /// Gradients of the CNN's parameters, in burn's layouts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WeightGrads {
