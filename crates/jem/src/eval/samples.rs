@@ -8,6 +8,7 @@ use crate::data::Split;
 use crate::energy::{Target, one_hot};
 use crate::eval::run::Run;
 use crate::init::{ChainInit, ClassGaussians};
+use crate::model::Classifier;
 use crate::rng::Rng;
 use crate::sgld::SgldConfig;
 use crate::{Error, Result};
@@ -152,41 +153,16 @@ fn draw(
     }
     let total = labels.as_ref().map_or(n, Vec::len);
     let [c, h, w] = run.shape();
-    let buffer = match start {
-        Start::Buffer => Some(run.buffer()?.ok_or_else(|| {
-            Error::Shape(format!(
-                "{} saved no replay buffer (a softmax run?); use --from noise",
-                run.dir.display()
-            ))
-        })?),
-        Start::Noise | Start::Informative => None,
-    };
     let device = run.model.device().inner();
-    let init: Vec<f32> = match (&buffer, start) {
-        (Some(b), _) => b.draw(total, labels.as_deref(), 0.0, rng).start,
-        (None, Start::Informative) => {
-            let fitted;
-            let gaussians = match gaussians {
-                Some(g) => g,
-                None => {
-                    fitted = ClassGaussians::fit(&run.data(Split::Train)?, &device)?;
-                    &fitted
-                }
-            };
-            let classes: Vec<usize> = match &labels {
-                Some(ys) => ys.clone(),
-                None => (0..total).map(|_| rng.below(k)).collect(),
-            };
-            let mut v = vec![0.0f32; total * c * h * w];
-            gaussians.sample_into(&classes, &mut v, rng);
-            v
-        }
-        (None, _) => {
-            let mut v = vec![0.0f32; total * c * h * w];
-            rng.fill_uniform(&mut v, -1.0, 1.0);
-            v
-        }
-    };
+    let init = chain_starts(
+        run,
+        total,
+        labels.as_deref(),
+        start,
+        gaussians,
+        &device,
+        rng,
+    )?;
     let x = Tensor::<4>::from_data(TensorData::new(init, [total, c, h, w]), &device);
     let target = match &labels {
         None => Target::Marginal,
@@ -206,6 +182,48 @@ fn draw(
         n: total,
         cols,
     })
+}
+
+/// The starting images of `total` chains (of `labels`' classes where given) from `start`.
+fn chain_starts(
+    run: &Run,
+    total: usize,
+    labels: Option<&[usize]>,
+    start: Start,
+    gaussians: Option<&ClassGaussians>,
+    device: &Device,
+    rng: &mut Rng,
+) -> Result<Vec<f32>> {
+    if start == Start::Buffer {
+        let buffer = run.buffer()?.ok_or_else(|| {
+            Error::Shape(format!(
+                "{} saved no replay buffer (a softmax run?); use --from noise",
+                run.dir.display()
+            ))
+        })?;
+        return Ok(buffer.draw(total, labels, 0.0, rng).start);
+    }
+    let len: usize = run.shape().iter().product();
+    let mut v = vec![0.0f32; total * len];
+    if start == Start::Noise {
+        rng.fill_uniform(&mut v, -1.0, 1.0);
+        return Ok(v);
+    }
+    let fitted;
+    let gaussians = match gaussians {
+        Some(g) => g,
+        None => {
+            fitted = ClassGaussians::fit(&run.data(Split::Train)?, device)?;
+            &fitted
+        }
+    };
+    let k = run.num_classes();
+    let classes: Vec<usize> = match labels {
+        Some(ys) => ys.to_vec(),
+        None => (0..total).map(|_| rng.below(k)).collect(),
+    };
+    gaussians.sample_into(&classes, &mut v, rng);
+    Ok(v)
 }
 
 /// Sample quality of a run, measured in the feature space of another run's classifier.
@@ -306,39 +324,22 @@ pub fn sample_quality(
     let (fs, fr, d) = (&of_samples.features, &real.features, of_samples.dim);
     let (ps, pr) = (probs(&of_samples.logits, k), probs(&real.logits, k));
     let half = (n / 2) * d;
-    let len = test.image_len();
     // Per-class diversity and sample accuracy need class-conditional samples (none from a
     // scalar energy).
     let (diversity, accuracy) = if run.is_classifier() {
-        let m = per_class.max(2);
-        let s = draw(
+        class_quality(
             run,
-            m,
-            &Classes::All,
-            by_class.start,
-            &by_class.params,
+            features,
+            k,
+            per_class.max(2),
+            by_class,
             gaussians.as_ref(),
             rng,
-        )?;
-        let diversity = s
-            .images
-            .chunks(m * len)
-            .map(|c| crate::eval::fid::mean_pairwise_distance(c, len))
-            .collect();
-        let p = probs(&features.logits(&s.images, shape, BATCH), k);
-        (diversity, class_accuracy(&p, k, m, run.num_classes()))
+        )?
     } else {
         (Vec::new(), Vec::new())
     };
-    let diversity_test = (0..run.num_classes())
-        .map(|c| {
-            let idx: Vec<usize> = (0..test.len())
-                .filter(|&i| test.labels[i] as usize == c)
-                .take(per_class.max(2))
-                .collect();
-            crate::eval::fid::mean_pairwise_distance(&test.subset(&idx).images, len)
-        })
-        .collect();
+    let diversity_test = test_diversity(&test, run.num_classes(), per_class.max(2));
     let report = QualityReport {
         fid: crate::eval::fid::fid(fs, fr, d),
         fid_test_halves: crate::eval::fid::fid(&fr[..half], &fr[half..2 * half], d),
@@ -352,6 +353,51 @@ pub fn sample_quality(
         n,
     };
     Ok((report, samples))
+}
+
+/// Per class `c < classes`, the mean pairwise pixel distance of the first `m` test images of
+/// class `c` (the data's own spread, beside the samples' diversity).
+fn test_diversity(test: &crate::data::Dataset, classes: usize, m: usize) -> Vec<f64> {
+    let len = test.image_len();
+    (0..classes)
+        .map(|c| {
+            let idx: Vec<usize> = (0..test.len())
+                .filter(|&i| test.labels[i] as usize == c)
+                .take(m)
+                .collect();
+            crate::eval::fid::mean_pairwise_distance(&test.subset(&idx).images, len)
+        })
+        .collect()
+}
+
+/// Per class, the diversity of `m` class-conditional samples drawn by `by_class` and the
+/// fraction of them that `features` (a classifier of `k` classes) assigns to their class.
+fn class_quality(
+    run: &Run,
+    features: &Classifier,
+    k: usize,
+    m: usize,
+    by_class: &ChainSpec,
+    gaussians: Option<&ClassGaussians>,
+    rng: &mut Rng,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (shape, len) = (run.shape(), run.shape().iter().product::<usize>());
+    let s = draw(
+        run,
+        m,
+        &Classes::All,
+        by_class.start,
+        &by_class.params,
+        gaussians,
+        rng,
+    )?;
+    let diversity = s
+        .images
+        .chunks(m * len)
+        .map(|c| crate::eval::fid::mean_pairwise_distance(c, len))
+        .collect();
+    let p = probs(&features.logits(&s.images, shape, BATCH), k);
+    Ok((diversity, class_accuracy(&p, k, m, run.num_classes())))
 }
 
 #[cfg(test)]
