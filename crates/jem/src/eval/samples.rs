@@ -116,11 +116,13 @@ fn fit_if_informative(run: &Run, starts: &[Start]) -> Result<Option<ClassGaussia
     if !starts.contains(&Start::Informative) {
         return Ok(None);
     }
+    Ok(Some(fit_gaussians(run)?))
+}
+
+/// The class Gaussians of `run`'s training images (JEM++'s informative start).
+fn fit_gaussians(run: &Run) -> Result<ClassGaussians> {
     let device = run.model.device().inner();
-    Ok(Some(ClassGaussians::fit(
-        &run.data(Split::Train)?,
-        &device,
-    )?))
+    ClassGaussians::fit(&run.data(Split::Train)?, &device)
 }
 
 /// [`draw_samples`], with the class Gaussians of an informative start fitted here unless
@@ -154,15 +156,7 @@ fn draw(
     let total = labels.as_ref().map_or(n, Vec::len);
     let [c, h, w] = run.shape();
     let device = run.model.device().inner();
-    let init = chain_starts(
-        run,
-        total,
-        labels.as_deref(),
-        start,
-        gaussians,
-        &device,
-        rng,
-    )?;
+    let init = chain_starts(run, total, labels.as_deref(), start, gaussians, rng)?;
     let x = Tensor::<4>::from_data(TensorData::new(init, [total, c, h, w]), &device);
     let target = match &labels {
         None => Target::Marginal,
@@ -191,7 +185,6 @@ fn chain_starts(
     labels: Option<&[usize]>,
     start: Start,
     gaussians: Option<&ClassGaussians>,
-    device: &Device,
     rng: &mut Rng,
 ) -> Result<Vec<f32>> {
     if start == Start::Buffer {
@@ -213,7 +206,7 @@ fn chain_starts(
     let gaussians = match gaussians {
         Some(g) => g,
         None => {
-            fitted = ClassGaussians::fit(&run.data(Split::Train)?, device)?;
+            fitted = fit_gaussians(run)?;
             &fitted
         }
     };
