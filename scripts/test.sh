@@ -34,4 +34,6 @@ if [ -f "$lvp" ]; then
 else
   echo "the wgpu tests are left out: no lavapipe ($lvp; apt-get install mesa-vulkan-drivers libvulkan1)" >&2
 fi
-JEM_DEVICE=${JEM_DEVICE:-cpu} cargo test --release --workspace "${features[@]}" "$@"
+# The `ci` profile (root Cargo.toml) is the release profile with the wgpu-only crates at
+# opt-level 1 and no debug information in dependencies: it builds in target/ci.
+JEM_DEVICE=${JEM_DEVICE:-cpu} cargo test --profile ci --workspace "${features[@]}" "$@"

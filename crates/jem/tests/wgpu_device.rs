@@ -70,6 +70,14 @@ fn check(what: &str, e: f32, bound: f32) {
     assert!(e <= bound, "{what}: relative error {e} above {bound}");
 }
 
+/// The default CNN's four layers at a quarter of its widths: the same layers and code paths
+/// at a sixteenth of the multiply-adds, for the tests that run many passes on the software
+/// adapter (with the default widths these tests took 200 of the file's 230 s on a 2-core
+/// Zen 3). The single passes above run the default CNN itself.
+fn narrow() -> ModelConfig {
+    ModelConfig::cnn(vec![8, 16, 32, 32])
+}
+
 fn model_on(cfg: &ModelConfig, outputs: usize, device: &Device, seed: u64) -> Classifier {
     cfg.init_seeded(1, outputs, &device.clone().autodiff(), seed)
 }
@@ -150,7 +158,7 @@ fn logits_input_gradients_and_scores_agree_with_the_cpu_kernel() {
 /// SGLD and proximal SGLD chains of 20 steps from the same start and noise.
 #[test]
 fn sgld_chains_agree_with_the_cpu_kernel() {
-    let cfg = ModelConfig::default();
+    let cfg = narrow();
     let (mc, mg) = (model_on(&cfg, 10, &cpu(), 9), model_on(&cfg, 10, &gpu(), 9));
     for sampler in [SamplerKind::Sgld, SamplerKind::Pyld] {
         let params = SgldConfig {
@@ -233,6 +241,7 @@ fn one_step_on(cfg: &TrainConfig, devices: &[Device], kernel: bool) -> (Vec<f32>
 fn training_steps_of_every_method_agree_with_the_cpu() {
     let base = {
         let mut c = TrainConfig::default();
+        c.model = narrow();
         c.sgld.steps = 5;
         c.buffer.size = 200;
         c.optim.algorithm = Algorithm::Sgd;
@@ -277,7 +286,7 @@ fn training_steps_of_every_method_agree_with_the_cpu() {
 #[test]
 fn a_pgd_step_agrees_with_the_cpu() {
     use jem::eval::attack::{Defence, Norm, loss_grad, pgd_step};
-    let cfg = ModelConfig::default();
+    let cfg = narrow();
     let defence = Defence {
         sgld: SgldConfig {
             steps: 0,
@@ -371,6 +380,7 @@ fn data_parallel_steps_over_two_devices_equal_the_single_device_step() {
     );
     let base = {
         let mut c = TrainConfig::default();
+        c.model = narrow();
         c.sgld.steps = 5;
         c.buffer.size = 200;
         c.optim.algorithm = Algorithm::Sgd;
