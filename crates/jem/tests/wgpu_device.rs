@@ -240,8 +240,10 @@ fn one_step_on(cfg: &TrainConfig, devices: &[Device], kernel: bool) -> (Vec<f32>
 #[test]
 fn training_steps_of_every_method_agree_with_the_cpu() {
     let base = {
-        let mut c = TrainConfig::default();
-        c.model = narrow();
+        let mut c = TrainConfig {
+            model: narrow(),
+            ..TrainConfig::default()
+        };
         c.sgld.steps = 5;
         c.buffer.size = 200;
         c.optim.algorithm = Algorithm::Sgd;
@@ -379,8 +381,10 @@ fn data_parallel_steps_over_two_devices_equal_the_single_device_step() {
         "opening the second wgpu:cpu again made a third"
     );
     let base = {
-        let mut c = TrainConfig::default();
-        c.model = narrow();
+        let mut c = TrainConfig {
+            model: narrow(),
+            ..TrainConfig::default()
+        };
         c.sgld.steps = 5;
         c.buffer.size = 200;
         c.optim.algorithm = Algorithm::Sgd;
