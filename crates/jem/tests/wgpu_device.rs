@@ -191,6 +191,18 @@ fn sgld_chains_agree_with_the_cpu_kernel() {
     }
 }
 
+/// The config of the single steps: the narrow CNN, 5 SGLD steps, a 200-image buffer, SGD.
+fn step_config() -> TrainConfig {
+    let mut c = TrainConfig {
+        model: narrow(),
+        ..TrainConfig::default()
+    };
+    c.sgld.steps = 5;
+    c.buffer.size = 200;
+    c.optim.algorithm = Algorithm::Sgd;
+    c
+}
+
 /// The change of every parameter in one SGD step (learning rate 1), its metrics.
 fn one_step(cfg: &TrainConfig, device: &Device, kernel: bool) -> (Vec<f32>, StepMetrics) {
     one_step_on(cfg, std::slice::from_ref(device), kernel)
@@ -239,16 +251,7 @@ fn one_step_on(cfg: &TrainConfig, devices: &[Device], kernel: bool) -> (Vec<f32>
 /// IGEBM, the learned Stein discrepancy and softmax.
 #[test]
 fn training_steps_of_every_method_agree_with_the_cpu() {
-    let base = {
-        let mut c = TrainConfig {
-            model: narrow(),
-            ..TrainConfig::default()
-        };
-        c.sgld.steps = 5;
-        c.buffer.size = 200;
-        c.optim.algorithm = Algorithm::Sgd;
-        c
-    };
+    let base = step_config();
     let mut cases = Vec::new();
     cases.push(("jem", base.clone()));
     let mut c = base.clone();
@@ -380,16 +383,7 @@ fn data_parallel_steps_over_two_devices_equal_the_single_device_step() {
         gpu2() == gpu2(),
         "opening the second wgpu:cpu again made a third"
     );
-    let base = {
-        let mut c = TrainConfig {
-            model: narrow(),
-            ..TrainConfig::default()
-        };
-        c.sgld.steps = 5;
-        c.buffer.size = 200;
-        c.optim.algorithm = Algorithm::Sgd;
-        c
-    };
+    let base = step_config();
     for (name, cfg) in common::parallel_cases(&base) {
         let (single, ms) = one_step_on(&cfg, &[cpu()], false);
         for (pair, devices) in [
