@@ -72,7 +72,7 @@ fn check(what: &str, e: f32, bound: f32) {
 
 /// The default CNN's four layers at a quarter of its widths: the same layers and code paths
 /// at a sixteenth of the multiply-adds, for the tests that run many passes on the software
-/// adapter (with the default widths these tests took 200 of the file's 230 s on a 2-core
+/// adapter (with the default widths these tests took 191 of the file's 227 s on a 2-core
 /// Zen 3). The single passes above run the default CNN itself.
 fn narrow() -> ModelConfig {
     ModelConfig::cnn(vec![8, 16, 32, 32])
